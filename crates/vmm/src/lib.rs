@@ -1,1 +1,18 @@
+//! The VM driver: a backend-neutral [`Driver`] trait, its QEMU `-M microvm` backend, the QMP
+//! client, process supervision (QEMU never outlives kiln), and the multiplexed channel to the
+//! guest agent over virtio-serial.
+#![warn(missing_docs)]
 
+pub mod accel;
+pub mod channel;
+pub mod driver;
+pub mod error;
+pub mod qemu;
+pub mod qmp;
+pub mod spawn;
+
+pub use accel::{Accel, AccelChoice};
+pub use channel::AgentChannel;
+pub use driver::{Driver, Vm, VmSpec};
+pub use error::VmError;
+pub use qemu::{Qemu, QemuVm};

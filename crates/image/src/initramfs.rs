@@ -1,0 +1,97 @@
+//! The initramfs: the agent as `/init` plus the kernel's virtio modules and their load order.
+
+use std::path::{Path, PathBuf};
+
+use crate::cpio::CpioWriter;
+use crate::error::{ImageError, Result};
+use crate::kernel::Kernel;
+use crate::store::{Digest, Store};
+use crate::Home;
+
+/// Where the agent binary is looked for, in order: `KILN_AGENT`, beside the running
+/// executable, the cargo target folders around it, then the install locations.
+pub fn agent_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(p) = std::env::var_os("KILN_AGENT") {
+        v.push(PathBuf::from(p));
+        return v;
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let mut dir = exe.parent().map(Path::to_path_buf);
+        v.extend(dir.iter().map(|d| d.join("kiln-agent")));
+        // target/{debug,release}/kiln and target/debug/deps/test-binary both reach
+        // target/x86_64-unknown-linux-gnu/release/kiln-agent within three levels.
+        for _ in 0..3 {
+            let Some(d) = dir else { break };
+            v.push(d.join("x86_64-unknown-linux-gnu/release/kiln-agent"));
+            dir = d.parent().map(Path::to_path_buf);
+        }
+    }
+    v.push(PathBuf::from("/usr/local/lib/kiln/kiln-agent"));
+    v.push(PathBuf::from("/usr/lib/kiln/kiln-agent"));
+    v
+}
+
+/// Finds the agent binary and checks that it is a static executable.
+pub fn find_agent() -> Result<PathBuf> {
+    let cands = agent_candidates();
+    let found = cands.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        ImageError::NoAgent(cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+    })?;
+    let bytes = std::fs::read(&found).map_err(ImageError::io("read agent", &found))?;
+    if has_interpreter(&bytes) {
+        return Err(ImageError::Tool {
+            tool: "kiln-agent".into(),
+            detail: format!("{} is dynamically linked; the guest needs a static build (make build)", found.display()),
+        });
+    }
+    Ok(found)
+}
+
+/// Whether an ELF64 executable asks for a dynamic loader (has a PT_INTERP header).
+fn has_interpreter(elf: &[u8]) -> bool {
+    let rd16 = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let rd32 = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let rd64 = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    if elf.get(..4) != Some(b"\x7fELF") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (rd64(0x20), rd16(0x36), rd16(0x38)) else { return false };
+    (0..phnum).any(|i| rd32(phoff + i * phentsize) == Some(3))
+}
+
+/// Builds (or finds) the initramfs for this agent and kernel; returns its digest.
+pub fn ensure(home: &Home, kernel: &Kernel, agent: &Path) -> Result<Digest> {
+    let store = Store::new(home.store());
+    let agent_bytes = std::fs::read(agent).map_err(ImageError::io("read agent", agent))?;
+    let mut w = CpioWriter::new();
+    w.dir("kiln", 0o755);
+    w.dir("kiln/modules", 0o755);
+    let mut order = String::new();
+    for (name, digest) in &kernel.modules {
+        let path = store.get(digest, false)?;
+        let data = std::fs::read(&path).map_err(ImageError::io("read module", &path))?;
+        w.file(&format!("kiln/modules/{name}"), 0o644, &data);
+        order.push_str(name);
+        order.push('\n');
+    }
+    w.file("kiln/modules.order", 0o644, order.as_bytes());
+    w.file("kiln/kernel.release", 0o644, kernel.release.as_bytes());
+    for d in ["dev", "proc", "sys", "newroot", "tmp"] {
+        w.dir(d, 0o755);
+    }
+    w.file("init", 0o755, &agent_bytes);
+    store.put_bytes(&w.finish(), &home.tmp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_dynamic_executables() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(has_interpreter(&sh));
+        assert!(!has_interpreter(b"not an elf"));
+    }
+}

@@ -1,0 +1,240 @@
+//! Template definitions: TOML files in `templates/` that say how to build a root filesystem
+//! and how big the VM is by default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{ImageError, Result};
+use crate::store::Digest;
+
+/// The templates shipped with kiln, used when no file of that name is found on the search path.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("tiny", include_str!("../../../templates/tiny.toml")),
+    ("base", include_str!("../../../templates/base.toml")),
+];
+
+/// A parsed template file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDef {
+    /// One line for `kiln template ls`.
+    #[serde(default)]
+    pub description: String,
+    /// Default machine shape.
+    #[serde(default)]
+    pub vm: VmDefaults,
+    /// How to build the root filesystem.
+    pub rootfs: RootfsDef,
+    /// Files to place into the tree.
+    #[serde(default)]
+    pub files: Vec<FileDef>,
+    /// Commands run in a chroot of the tree at build time.
+    #[serde(default)]
+    pub run: Vec<String>,
+    /// The template's name (from its file name).
+    #[serde(skip)]
+    pub name: String,
+    /// Digest of the file's text: a change means a rebuild.
+    #[serde(skip)]
+    pub source_digest: Option<Digest>,
+}
+
+/// Default vCPUs and memory.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefaults {
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        VmDefaults { cpus: 1, memory_mib: 256 }
+    }
+}
+
+/// The kind of root filesystem.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsKind {
+    /// Debian's static busybox and its applets.
+    Busybox,
+    /// A Debian tree by mmdebstrap.
+    Debian,
+}
+
+/// Root filesystem recipe.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsDef {
+    /// Builder.
+    pub kind: RootfsKind,
+    /// Image size in MiB.
+    pub size_mib: u32,
+    /// Debian suite (default: the host's).
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// mmdebstrap variant.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Extra packages (debian).
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+/// A file to place into the tree.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileDef {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Text contents.
+    pub content: String,
+    /// Octal permission bits, e.g. "0644".
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+fn default_mode() -> String {
+    "0644".into()
+}
+
+/// Checks a template name: lowercase letters, digits, `-` and `_`, at most 64.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+}
+
+/// Folders searched for `NAME.toml`: `KILN_TEMPLATE_PATH` (colon-separated), `./templates`,
+/// the `templates/` of the source tree the binary was built in, `/usr/local/share/kiln/templates`.
+pub fn search_path() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::env::var("KILN_TEMPLATE_PATH")
+        .map(|s| s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+        .unwrap_or_default();
+    v.push(PathBuf::from("templates"));
+    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates"));
+    v.push(PathBuf::from("/usr/local/share/kiln/templates"));
+    v
+}
+
+impl TemplateDef {
+    /// Parses a template's text.
+    pub fn parse(name: &str, text: &str, origin: &Path) -> Result<TemplateDef> {
+        let mut def: TemplateDef =
+            toml::from_str(text).map_err(|e| ImageError::BadTemplate { path: origin.to_owned(), detail: e.to_string() })?;
+        def.name = name.to_owned();
+        def.source_digest = Some(Digest::of_bytes(text.as_bytes()));
+        def.check(origin)?;
+        Ok(def)
+    }
+
+    fn check(&self, origin: &Path) -> Result<()> {
+        let bad = |detail: String| Err(ImageError::BadTemplate { path: origin.to_owned(), detail });
+        if !(1..=64).contains(&self.vm.cpus) {
+            return bad(format!("vm.cpus must be 1..=64, not {}", self.vm.cpus));
+        }
+        if !(64..=65536).contains(&self.vm.memory_mib) {
+            return bad(format!("vm.memory_mib must be 64..=65536, not {}", self.vm.memory_mib));
+        }
+        if !(16..=65536).contains(&self.rootfs.size_mib) {
+            return bad(format!("rootfs.size_mib must be 16..=65536, not {}", self.rootfs.size_mib));
+        }
+        for f in &self.files {
+            if !f.path.starts_with('/') || f.path.split('/').any(|c| c == "..") {
+                return bad(format!("files: path {:?} must be absolute without '..'", f.path));
+            }
+            if u32::from_str_radix(&f.mode, 8).map_or(true, |m| m > 0o7777) {
+                return bad(format!("files: mode {:?} of {} is not octal permission bits", f.mode, f.path));
+            }
+        }
+        for p in &self.rootfs.packages {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:_".contains(&b)) {
+                return bad(format!("rootfs.packages: {p:?} is not a package name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a template by name, or loads it from a path ending in `.toml`.
+    pub fn find(name_or_path: &str) -> Result<TemplateDef> {
+        if name_or_path.ends_with(".toml") || name_or_path.contains('/') {
+            let path = PathBuf::from(name_or_path);
+            let text = std::fs::read_to_string(&path).map_err(ImageError::io("read template", &path))?;
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            if !valid_name(&name) {
+                return Err(ImageError::BadTemplate { path, detail: "file name must be NAME.toml with NAME of [a-z0-9_-]".into() });
+            }
+            return Self::parse(&name, &text, &path);
+        }
+        if !valid_name(name_or_path) {
+            return Err(ImageError::UnknownTemplate { name: name_or_path.to_owned(), known: Self::known_names().join(", ") });
+        }
+        for dir in search_path() {
+            let path = dir.join(format!("{name_or_path}.toml"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return Self::parse(name_or_path, &text, &path);
+            }
+        }
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::parse(name_or_path, text, Path::new(&format!("<builtin>/{name_or_path}.toml")));
+        }
+        Err(ImageError::UnknownTemplate { name: name_or_path.to_owned(), known: Self::known_names().join(", ") })
+    }
+
+    /// Names of every template on the search path and built in.
+    pub fn known_names() -> Vec<String> {
+        let mut names: Vec<String> = BUILTIN.iter().map(|(n, _)| (*n).to_owned()).collect();
+        for dir in search_path() {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    if let Some(stem) = p.file_stem().map(|s| s.to_string_lossy().into_owned()) {
+                        if valid_name(&stem) && !names.contains(&stem) {
+                            names.push(stem);
+                        }
+                    }
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_parse() {
+        for (name, text) in BUILTIN {
+            let t = TemplateDef::parse(name, text, Path::new("x")).unwrap();
+            assert_eq!(t.name, *name);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let base = "[rootfs]\nkind = \"busybox\"\nsize_mib = 64\n";
+        assert!(TemplateDef::parse("t", base, Path::new("x")).is_ok());
+        let e = TemplateDef::parse("t", &format!("{base}bogus = 1\n"), Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = TemplateDef::parse("t", &format!("{base}[[files]]\npath = \"/a/../b\"\ncontent = \"\"\n"), Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains(".."), "{e}");
+        let e = TemplateDef::parse("t", &format!("[vm]\ncpus = 0\nmemory_mib = 256\n{base}"), Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("cpus"), "{e}");
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("tiny"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name("Tiny"));
+        assert!(matches!(TemplateDef::find("no-such-template"), Err(ImageError::UnknownTemplate { .. })));
+    }
+}

@@ -1,0 +1,95 @@
+//! The backend-neutral driver interface. QEMU is the first backend ([`crate::Qemu`]); a
+//! Firecracker backend would implement the same traits.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use crate::accel::Accel;
+use crate::error::VmError;
+
+/// How guest RAM is backed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// Anonymous memory of the VMM process.
+    Anonymous,
+    /// A file (in /dev/shm). `shared`: writes go to the file (a template being baked);
+    /// otherwise the mapping is private and copy-on-write (a clone of a snapshot).
+    File {
+        /// The memory file.
+        path: PathBuf,
+        /// Shared (`share=on`) or private (`share=off`).
+        shared: bool,
+    },
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Kernel image (bzImage).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// The VM's writable root disk (a qcow2 overlay over a read-only base), if any.
+    pub disk: Option<PathBuf>,
+    /// Folder for sockets and logs, created by the driver and removed when the VM ends.
+    pub run_dir: PathBuf,
+    /// RAM backing.
+    pub memory: Memory,
+    /// Start paused, waiting for a saved state to be loaded (restore).
+    pub incoming: bool,
+}
+
+/// A VM driver.
+pub trait Driver: Send + Sync {
+    /// The running VM type.
+    type Vm: Vm;
+    /// Starts a VM. It is running (or, with `incoming`, waiting for its state) on return.
+    fn launch(&self, spec: VmSpec) -> Result<Self::Vm, VmError>;
+}
+
+/// A running VM. Dropping it kills the VMM and removes its run folder.
+pub trait Vm: Send {
+    /// Process id of the VMM.
+    fn pid(&self) -> u32;
+    /// The run folder.
+    fn run_dir(&self) -> &Path;
+    /// The unix socket bridged to the guest agent's control port.
+    fn control_socket(&self) -> PathBuf {
+        self.run_dir().join("control.sock")
+    }
+    /// The serial console log.
+    fn console_log(&self) -> PathBuf {
+        self.run_dir().join("console.log")
+    }
+    /// Resolves when the VMM process has exited.
+    fn exited(&self) -> impl Future<Output = ()> + Send + '_;
+    /// How the VMM exited, if it has (reaps it).
+    fn exit_status(&mut self) -> Option<String>;
+    /// Kills the VMM now and removes the run folder. Idempotent.
+    fn kill(&mut self);
+    /// The last lines of the serial console, for error messages.
+    fn console_tail(&self) -> String {
+        console_tail(&self.console_log())
+    }
+}
+
+/// The last 15 lines (at most 2 KiB) of a console log, prefixed for display; empty if none.
+pub fn console_tail(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else { return String::new() };
+    let start = bytes.len().saturating_sub(2048);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(15)..];
+    if tail.is_empty() {
+        return String::new();
+    }
+    format!("; guest console ({}):\n  {}", path.display(), tail.join("\n  "))
+}

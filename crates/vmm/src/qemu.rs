@@ -1,0 +1,197 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm` with a virtio-serial control port, a
+//! virtio-blk root disk, the serial console to a log file and a QMP socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::driver::{Driver, Memory, Vm, VmSpec};
+use crate::error::VmError;
+use crate::qmp::Qmp;
+use crate::spawn::{spawn_supervised, ExitWatch};
+
+/// The QEMU driver.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    /// The binary, `qemu-system-x86_64` unless `KILN_QEMU` says otherwise.
+    pub binary: PathBuf,
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu { binary: std::env::var_os("KILN_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()) }
+    }
+}
+
+impl Qemu {
+    /// `qemu-system-x86_64 --version`, first line (e.g. "QEMU emulator version 7.2.22 ...").
+    pub fn version(&self) -> Result<String, VmError> {
+        let out = Command::new(&self.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| VmError::Spawn { binary: self.binary.display().to_string(), source })?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    /// The full argument list for a spec.
+    pub fn args(spec: &VmSpec) -> Vec<String> {
+        let run = |f: &str| spec.run_dir.join(f).display().to_string();
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
+        let machine = match &spec.memory {
+            Memory::Anonymous => "microvm,x-option-roms=off,isa-serial=on,rtc=on".to_owned(),
+            Memory::File { .. } => "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem".to_owned(),
+        };
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&["-M", &machine]);
+        push(&spec.accel.qemu_args());
+        push(&["-smp", &spec.cpus.to_string(), "-m", &format!("{}M", spec.memory_mib)]);
+        if let Memory::File { path, shared } = &spec.memory {
+            let obj = format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                spec.memory_mib,
+                path.display(),
+                if *shared { "on" } else { "off" }
+            );
+            push(&["-object", &obj]);
+        }
+        push(&["-kernel", &spec.kernel.display().to_string(), "-initrd", &spec.initrd.display().to_string()]);
+        push(&["-append", &spec.cmdline]);
+        push(&["-chardev", &format!("file,id=con,path={}", run("console.log")), "-serial", "chardev:con"]);
+        push(&["-device", "virtio-serial-device"]);
+        push(&["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", run("control.sock"))]);
+        push(&["-device", &format!("virtserialport,chardev=ctl,name={}", kiln_proto::CONTROL_PORT)]);
+        if let Some(disk) = &spec.disk {
+            push(&["-drive", &format!("file={},if=none,id=d0,format=qcow2,cache=unsafe,discard=unmap", disk.display())]);
+            push(&["-device", "virtio-blk-device,drive=d0"]);
+        }
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", run("qmp.sock"))]);
+        if spec.incoming {
+            push(&["-incoming", "defer"]);
+        }
+        a
+    }
+}
+
+impl Driver for Qemu {
+    type Vm = QemuVm;
+
+    fn launch(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
+        std::fs::create_dir_all(&spec.run_dir).map_err(VmError::io("create run folder", &spec.run_dir))?;
+        let stderr_path = spec.run_dir.join("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(Self::args(&spec)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).current_dir(&spec.run_dir);
+        let child = spawn_supervised(cmd).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&spec.run_dir);
+            VmError::Spawn { binary: self.binary.display().to_string(), source }
+        })?;
+        let watch = ExitWatch::new(child.id()).map_err(VmError::io("pidfd_open", &spec.run_dir))?;
+        Ok(QemuVm { child: Some(child), watch, run_dir: spec.run_dir, qmp: None, status: None })
+    }
+}
+
+/// A running QEMU process.
+#[derive(Debug)]
+pub struct QemuVm {
+    child: Option<Child>,
+    watch: ExitWatch,
+    run_dir: PathBuf,
+    qmp: Option<Qmp>,
+    status: Option<String>,
+}
+
+impl QemuVm {
+    /// The QMP session, connected on first use.
+    pub async fn qmp(&mut self) -> Result<&mut Qmp, VmError> {
+        if self.qmp.is_none() {
+            self.qmp = Some(Qmp::connect(&self.run_dir.join("qmp.sock"), Duration::from_secs(10)).await?);
+        }
+        Ok(self.qmp.as_mut().expect("just set"))
+    }
+
+    /// What QEMU printed on stderr (bounded), for error messages.
+    pub fn stderr_text(&self) -> String {
+        let bytes = std::fs::read(self.run_dir.join("qemu.stderr")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).trim().to_owned()
+    }
+}
+
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn exited(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.watch.exited()
+    }
+
+    fn exit_status(&mut self) -> Option<String> {
+        if self.status.is_none() {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let err = self.stderr_text();
+                self.status = Some(if err.is_empty() { st.to_string() } else { format!("{st}: {err}") });
+            }
+        }
+        self.status.clone()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.qmp = None;
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::Accel;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            cpus: 2,
+            memory_mib: 256,
+            accel: Accel::Tcg,
+            disk: Some("/r/overlay.qcow2".into()),
+            run_dir: "/r".into(),
+            memory: Memory::Anonymous,
+            incoming: false,
+        }
+    }
+
+    #[test]
+    fn command_line_shape() {
+        let a = Qemu::args(&spec()).join(" ");
+        assert!(a.contains("-M microvm,"), "{a}");
+        assert!(a.contains("-accel tcg"), "{a}");
+        assert!(a.contains("-smp 2 -m 256M"), "{a}");
+        assert!(a.contains("virtserialport,chardev=ctl,name=kiln"), "{a}");
+        assert!(a.contains("file=/r/overlay.qcow2,if=none,id=d0,format=qcow2"), "{a}");
+        assert!(!a.contains("-incoming"), "{a}");
+        let mut s = spec();
+        s.memory = Memory::File { path: "/dev/shm/x".into(), shared: false };
+        s.incoming = true;
+        let a = Qemu::args(&s).join(" ");
+        assert!(a.contains("memory-backend=mem"), "{a}");
+        assert!(a.contains("mem-path=/dev/shm/x,share=off"), "{a}");
+        assert!(a.ends_with("-incoming defer"), "{a}");
+    }
+}
