@@ -1,1 +1,61 @@
-fn main() {}
+//! `kiln`: run untrusted commands in disposable microVMs. Thin: argument parsing, output, and
+//! mapping errors to documented exit codes; the work is in the libraries.
+#![forbid(unsafe_code)]
+
+mod cmd_doctor;
+mod cmd_run;
+mod cmd_template;
+mod exit;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  N        the command's own exit code (kiln run)
+  124      the command hit its --timeout and was killed (with all its processes)
+  125      kiln itself failed (VM did not boot, artifacts missing, sandbox died)
+  126      the command exists in the guest but could not be executed
+  127      the command was not found in the guest
+  128+N    the command was killed by signal N
+  2        bad usage or input (unknown flag or template, malformed value)
+  130      interrupted (Ctrl-C); the VM was destroyed";
+
+/// Run untrusted build steps in disposable microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Boot a fresh microVM from a template, run one command in it, destroy the VM.
+    Run(cmd_run::RunArgs),
+    /// Build and list templates (guest root filesystems).
+    #[command(subcommand)]
+    Template(cmd_template::TemplateCmd),
+    /// Check that this host can run kiln, and say what to fix.
+    Doctor(cmd_doctor::DoctorArgs),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(async {
+        match cli.command {
+            Cmd::Run(a) => cmd_run::run(a).await,
+            Cmd::Template(t) => cmd_template::run(t).await,
+            Cmd::Doctor(a) => cmd_doctor::run(a).await,
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}

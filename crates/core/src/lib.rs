@@ -1,1 +1,17 @@
+//! Sandboxes: a fresh microVM per job, booted from a template's artifacts, told who it is,
+//! driven through the agent, and destroyed without a trace.
+#![warn(missing_docs)]
 
+pub mod accel;
+pub mod agent;
+pub mod artifacts;
+pub mod error;
+pub mod exec;
+pub mod files;
+pub mod random;
+pub mod sandbox;
+
+pub use agent::Agent;
+pub use error::SandboxError;
+pub use exec::{ExecOutcome, ExecRequest, Output};
+pub use sandbox::{Sandbox, SandboxOptions};

@@ -1,5 +1,5 @@
 //! Where kiln keeps things: `KILN_HOME` (artifacts, templates, state) and `KILN_RUN_DIR`
-//! (per-VM run folders with sockets, which must have short paths).
+//! (per-VM run folders with sockets, which must have short paths, and disk overlays).
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,8 @@ pub struct Home {
 
 impl Home {
     /// From the environment: `KILN_HOME`, else `$XDG_DATA_HOME/kiln`, else
-    /// `$HOME/.local/share/kiln`; `KILN_RUN_DIR`, else `/run/kiln` for root, else
-    /// `$XDG_RUNTIME_DIR/kiln`, else `/tmp/kiln-<uid>`.
+    /// `$HOME/.local/share/kiln`; run folders in `KILN_RUN_DIR`, else `<home>/run`. Run
+    /// folders hold the VM's disk overlay, so they belong on a disk, not in a tmpfs.
     pub fn from_env() -> Home {
         let root = if let Some(h) = std::env::var_os("KILN_HOME") {
             PathBuf::from(h)
@@ -23,17 +23,7 @@ impl Home {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
             home.join(".local/share/kiln")
         };
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
-        let run = if let Some(r) = std::env::var_os("KILN_RUN_DIR") {
-            PathBuf::from(r)
-        } else if uid == 0 && Path::new("/run").is_dir() {
-            PathBuf::from("/run/kiln")
-        } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-            PathBuf::from(x).join("kiln")
-        } else {
-            PathBuf::from(format!("/tmp/kiln-{uid}"))
-        };
+        let run = std::env::var_os("KILN_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("run"));
         Home { root, run }
     }
 

@@ -32,20 +32,26 @@ pub fn agent_candidates() -> Vec<PathBuf> {
     v
 }
 
-/// Finds the agent binary and checks that it is a static executable.
+/// Finds the agent binary: the first candidate that is a static executable (a dynamically
+/// linked build of the agent, e.g. from `cargo test`, cannot run in the guest and is skipped).
 pub fn find_agent() -> Result<PathBuf> {
     let cands = agent_candidates();
-    let found = cands.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        ImageError::NoAgent(cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
-    })?;
-    let bytes = std::fs::read(&found).map_err(ImageError::io("read agent", &found))?;
-    if has_interpreter(&bytes) {
+    let mut dynamic = Vec::new();
+    for p in cands.iter().filter(|p| p.is_file()) {
+        let bytes = std::fs::read(p).map_err(ImageError::io("read agent", p))?;
+        if has_interpreter(&bytes) {
+            dynamic.push(p.display().to_string());
+            continue;
+        }
+        return Ok(p.clone());
+    }
+    if !dynamic.is_empty() {
         return Err(ImageError::Tool {
             tool: "kiln-agent".into(),
-            detail: format!("{} is dynamically linked; the guest needs a static build (make build)", found.display()),
+            detail: format!("only dynamically linked builds found ({}); the guest needs a static build: make build", dynamic.join(", ")),
         });
     }
-    Ok(found)
+    Err(ImageError::NoAgent(cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
 }
 
 /// Whether an ELF64 executable asks for a dynamic loader (has a PT_INTERP header).

@@ -107,7 +107,7 @@ impl Kernel {
         let config = std::fs::read_to_string(find("config-")?).map_err(ImageError::io("read kernel config", &boot))?;
         let hz = parse_hz(&config).unwrap_or(250);
         let moddir = root.join("lib/modules").join(&release);
-        let dep = std::fs::read_to_string(moddir.join("modules.dep")).map_err(ImageError::io("read modules.dep", &moddir))?;
+        let dep = modules_dep(&moddir)?;
         let order = module_order(&dep, WANTED_MODULES)?;
         let store = Store::new(home.store());
         let vmlinuz = store.put_file(&vmlinuz_path)?;
@@ -169,6 +169,74 @@ pub fn module_order(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>> {
         visit(path, &deps, &mut out, 0);
     }
     Ok(out)
+}
+
+/// Builds the text of a `modules.dep` (which the package does not ship: `depmod` makes it at
+/// install time) from the `depends=` field of each module's `.modinfo` section.
+fn modules_dep(moddir: &Path) -> Result<String> {
+    let mut files = Vec::new();
+    let mut stack = vec![moddir.join("kernel")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).map_err(ImageError::io("list", &dir))?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ko") {
+                files.push(p);
+            }
+        }
+    }
+    let rel = |p: &Path| p.strip_prefix(moddir).unwrap_or(p).to_string_lossy().into_owned();
+    let by_name: std::collections::HashMap<String, String> = files.iter().map(|p| (module_name(&rel(p)), rel(p))).collect();
+    // Read only the wanted modules and, transitively, what they depend on.
+    let mut out = String::new();
+    let mut queue: Vec<String> = WANTED_MODULES.iter().filter_map(|w| by_name.get(*w).cloned()).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(r) = queue.pop() {
+        if !seen.insert(r.clone()) {
+            continue;
+        }
+        let path = moddir.join(&r);
+        let bytes = std::fs::read(&path).map_err(ImageError::io("read module", &path))?;
+        let deps = modinfo(&bytes, "depends").unwrap_or_default();
+        let deps: Vec<String> = deps.split(',').filter(|d| !d.is_empty()).filter_map(|d| by_name.get(&d.replace('-', "_")).cloned()).collect();
+        out.push_str(&format!("{r}: {}\n", deps.join(" ")));
+        queue.extend(deps);
+    }
+    // Modules not read are listed so that a missing wanted module is reported by name.
+    for (_, r) in by_name.iter().filter(|(_, r)| !seen.contains(*r)) {
+        out.push_str(&format!("{r}:\n"));
+    }
+    Ok(out)
+}
+
+/// A field of an ELF module's `.modinfo` section (NUL-separated `key=value` strings).
+pub fn modinfo(elf: &[u8], key: &str) -> Option<String> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u64_at = |o: usize| elf.get(o..o + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(|a| u64::from_le_bytes(a) as usize);
+    if elf.get(..4)? != b"\x7fELF" {
+        return None;
+    }
+    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    let section = |i: usize| -> Option<(usize, usize, usize)> {
+        let h = shoff + i * shentsize;
+        Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
+    };
+    let (_, stroff, strsize) = section(shstrndx)?;
+    let names = elf.get(stroff..stroff + strsize)?;
+    for i in 0..shnum {
+        let (name, off, size) = section(i)?;
+        let n = names.get(name..)?.split(|b| *b == 0).next()?;
+        if n == b".modinfo" {
+            let data = elf.get(off..off + size)?;
+            let prefix = format!("{key}=");
+            return data
+                .split(|b| *b == 0)
+                .find_map(|f| f.strip_prefix(prefix.as_bytes()).map(|v| String::from_utf8_lossy(v).into_owned()));
+        }
+    }
+    None
 }
 
 fn module_name(path: &str) -> String {

@@ -1,0 +1,39 @@
+# kiln: `make demo` sets everything up and runs an untrusted build in a microVM;
+# `make test` runs the whole test suite. Both install what they need first.
+
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT        := target/$(AGENT_TARGET)/release/kiln-agent
+KILN         := target/release/kiln
+export CARGO_TERM_PROGRESS_WHEN = never
+
+.PHONY: all deps build agent demo test test-unit test-vm lint clean
+
+all: build
+
+deps:
+	@sh scripts/install-deps.sh
+
+build: deps
+	cargo build --release --locked -p kiln-cli
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p kiln-agent --target $(AGENT_TARGET)
+
+# The untrusted sample build: a small C project, copied into a fresh VM of the `base`
+# template, built and tested there; the VM is destroyed afterwards.
+demo: build
+	$(KILN) template build base
+	@echo "== host kernel:  $$(uname -r)"
+	@echo "== guest kernel: $$($(KILN) run --template base -- uname -r)"
+	$(KILN) run --template base --timeout 300 --copy examples/hello-c:/src --workdir /src -- sh -c 'make && make test'
+
+# Everything: unit tests, then integration tests that boot real VMs (templates are built
+# once and cached by digest under KILN_HOME).
+test: build
+	$(KILN) template build tiny
+	$(KILN) template build base
+	cargo test --release --locked --workspace -- --test-threads=2
+
+lint:
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean

@@ -1,0 +1,108 @@
+//! One cgroup v2 per exec (`/sys/fs/cgroup/kiln/exec-<id>-<gen>`), so every process a command
+//! starts can be killed at once (`cgroup.kill`), even one that left the process group.
+//!
+//! Used only when `/sys/fs/cgroup` is a cgroup2 mount the agent may write to; otherwise
+//! (e.g. `--stdio` on a host with cgroup v1) execs rely on their process group alone.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+const ROOT: &str = "/sys/fs/cgroup";
+const PARENT: &str = "/sys/fs/cgroup/kiln";
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// How long removal waits for the last processes of a killed cgroup to exit.
+const REMOVE_WAIT: Duration = Duration::from_secs(1);
+
+/// An exec's cgroup.
+#[derive(Debug)]
+pub struct Cgroup {
+    dir: PathBuf,
+}
+
+fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if !sys::fs_magic_is(Path::new(ROOT), CGROUP2_SUPER_MAGIC) {
+            return false;
+        }
+        match fs::create_dir(PARENT) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+            Err(e) => {
+                log!("cgroups unavailable, execs are contained by process group only: mkdir {PARENT}: {e}");
+                false
+            }
+        }
+    })
+}
+
+impl Cgroup {
+    /// Creates the cgroup of exec `id` of connection `gen`; `None` when cgroups are unavailable.
+    pub fn create(id: u32, gen: u64) -> Option<Cgroup> {
+        if !available() {
+            return None;
+        }
+        let dir = Path::new(PARENT).join(format!("exec-{id}-{gen}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => Some(Cgroup { dir }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Some(Cgroup { dir }),
+            Err(e) => {
+                log!("mkdir {}: {e}", dir.display());
+                None
+            }
+        }
+    }
+
+    /// Path of `cgroup.procs`, for the child to write `0` into before it execs.
+    pub fn procs_path(&self) -> Option<CString> {
+        sys::cpath(&self.dir.join("cgroup.procs")).ok()
+    }
+
+    /// SIGKILLs every process in the cgroup.
+    pub fn kill(&self) {
+        match fs::write(self.dir.join("cgroup.kill"), "1") {
+            Ok(()) => {}
+            // Kernels before 5.14 have no cgroup.kill: kill the members one by one.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                for pid in self.pids() {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                }
+            }
+            Err(e) => log!("kill cgroup {}: {e}", self.dir.display()),
+        }
+    }
+
+    fn pids(&self) -> Vec<libc::pid_t> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Kills what is left and removes the cgroup, retrying briefly while it is still busy.
+    pub fn remove(&self) {
+        let deadline = Instant::now() + REMOVE_WAIT;
+        loop {
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    log!("rmdir {}: {e}", self.dir.display());
+                    return;
+                }
+                Err(_) => {
+                    self.kill();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+}

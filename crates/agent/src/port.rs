@@ -1,0 +1,154 @@
+//! The virtio-serial control port (PID 1 mode): finding it, reading from it across host
+//! disconnects and reconnects, and writing frames to it.
+//!
+//! Port semantics: it is exclusive, so it is opened once, read-write. `read()` returns 0 while
+//! the host side is disconnected and writes cannot proceed then. A disconnect ends the
+//! connection; the next data starts a new one (a new host, e.g. after a snapshot restore).
+//! The port is opened non-blocking so the writer can give up on frames of an ended connection
+//! instead of delivering their tails to the next host.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_proto::CONTROL_PORT;
+
+use crate::log::{guarded, lock};
+use crate::outbox::Sink;
+use crate::server::Server;
+use crate::sys;
+
+/// How often to look again for the port, or for the host to connect.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long to wait for the port quietly before logging that it is still missing.
+const PORT_WAIT: Duration = Duration::from_secs(10);
+
+/// The open port, shared by the reader (which opens it) and the writer.
+pub type PortSlot = Arc<Mutex<Option<Arc<File>>>>;
+
+/// The device of the control port: the virtio port whose sysfs `name` is [`CONTROL_PORT`].
+fn find() -> Option<PathBuf> {
+    let dir = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
+    dir.flatten()
+        .find(|e| std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == CONTROL_PORT))
+        .map(|e| PathBuf::from("/dev").join(e.file_name()))
+}
+
+/// Waits (forever, logging now and then) until the port exists and opens.
+fn open() -> File {
+    let start = Instant::now();
+    let mut next_log = start + PORT_WAIT;
+    loop {
+        let mut last_err = None;
+        if let Some(path) = find() {
+            let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(&path);
+            match opened {
+                Ok(f) => {
+                    log!("control port {} open after {:?}", path.display(), start.elapsed());
+                    return f;
+                }
+                Err(e) => last_err = Some(format!("{}: {e}", path.display())),
+            }
+        }
+        if Instant::now() >= next_log {
+            let why = last_err.unwrap_or_else(|| format!("no virtio port named {CONTROL_PORT}"));
+            log!("still waiting for the control port after {:?} ({why})", start.elapsed());
+            next_log += PORT_WAIT;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Serves the protocol on the port forever.
+pub fn serve(server: &mut Server, slot: &PortSlot) -> ! {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let port = Arc::new(open());
+        *lock(slot) = Some(port.clone());
+        let mut connected = false;
+        loop {
+            let mut fds = [libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            if let Err(e) = sys::poll(&mut fds, None) {
+                log!("poll control port: {e}");
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+            match (&*port).read(&mut buf) {
+                Ok(0) => {
+                    if connected {
+                        log!("host disconnected");
+                        connected = false;
+                        guarded("the end of a connection", || server.disconnected());
+                    }
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+                Ok(n) => {
+                    if !connected {
+                        log!("host connected");
+                        connected = true;
+                    }
+                    guarded("input from the host", || server.feed(&buf[..n]));
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e) => {
+                    log!("read control port: {e}; reopening");
+                    if connected {
+                        guarded("the end of a connection", || server.disconnected());
+                    }
+                    break;
+                }
+            }
+        }
+        *lock(slot) = None;
+        drop(port);
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Frames to the port, written by the writer thread.
+pub struct PortSink {
+    /// The port, once the reader has opened it.
+    pub slot: PortSlot,
+}
+
+impl Sink for PortSink {
+    fn write_frame(&mut self, frame: &[u8], current: &dyn Fn() -> bool) -> io::Result<()> {
+        let mut off = 0;
+        while off < frame.len() {
+            // A frame of an ended connection is dropped before it starts, and given up midway
+            // once the host is seen gone: its tail would corrupt the next host's stream.
+            if off == 0 && !current() {
+                return Ok(());
+            }
+            let Some(port) = lock(&self.slot).clone() else {
+                if off > 0 {
+                    return Ok(());
+                }
+                std::thread::sleep(POLL_INTERVAL);
+                continue;
+            };
+            match (&*port).write(&frame[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
+                    sys::poll(&mut fds, Some(Duration::from_millis(100)))?;
+                    let hung_up = fds[0].revents & libc::POLLHUP != 0 && fds[0].revents & libc::POLLOUT == 0;
+                    if hung_up {
+                        if off > 0 {
+                            return Ok(());
+                        }
+                        std::thread::sleep(POLL_INTERVAL);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

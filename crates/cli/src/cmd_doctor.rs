@@ -1,0 +1,97 @@
+//! `kiln doctor`: checks the host and says what to fix.
+
+use clap::Args;
+use kiln_image::Home;
+use kiln_vmm::{AccelChoice, Qemu};
+
+/// Arguments of `kiln doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also probe the accelerator by booting a guest (slow the first time).
+    #[arg(long)]
+    probe: bool,
+}
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("  ok    {what:<14} {detail}");
+    }
+    fn warn(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("  warn  {what:<14} {detail}");
+    }
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
+        self.failed = true;
+        println!("  FAIL  {what:<14} {detail}");
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+}
+
+fn tool(r: &mut Report, name: &str, pkg: &str) {
+    match std::process::Command::new("sh").arg("-c").arg(format!("command -v {name}")).output() {
+        Ok(o) if o.status.success() => r.ok(name, String::from_utf8_lossy(&o.stdout).trim()),
+        _ => r.fail(name, format!("not found: apt-get install {pkg}")),
+    }
+}
+
+/// Runs `kiln doctor`.
+pub async fn run(a: DoctorArgs) -> i32 {
+    let home = Home::from_env();
+    let mut r = Report { failed: false };
+    println!("kiln doctor (home {}, run folders {})", home.root().display(), home.run().display());
+    match Qemu::default().version() {
+        Ok(v) => r.ok("qemu", v),
+        Err(e) => r.fail("qemu", e),
+    }
+    tool(&mut r, "qemu-img", "qemu-utils");
+    tool(&mut r, "mkfs.ext4", "e2fsprogs");
+    tool(&mut r, "apt-get", "apt");
+    tool(&mut r, "mmdebstrap", "mmdebstrap (only for Debian templates like base)");
+    match kiln_image::initramfs::find_agent() {
+        Ok(p) => r.ok("agent", p.display()),
+        Err(e) => r.fail("agent", e),
+    }
+    match kiln_image::kernel::Kernel::ensure(&home, &|m| eprintln!("kiln: {m}")) {
+        Ok(k) => r.ok("kernel", format!("{} ({})", k.release, k.vmlinuz.short())),
+        Err(e) => r.fail("kernel", format!("{e}; run `apt-get update` and retry")),
+    }
+    match kiln_image::kernel::host_tsc_khz() {
+        Some(khz) => r.ok("tsc", format!("{khz} kHz (lpj and tsc_early_khz derived from it)")),
+        None => r.warn("tsc", "unknown; guests calibrate their delay loop (may hang under TCG); set KILN_TSC_KHZ"),
+    }
+    match kiln_vmm::accel::kvm_device_usable() {
+        Ok(()) => r.ok("/dev/kvm", "opens read-write (whether guests boot on it is probed by `auto`)"),
+        Err(e) => r.warn("/dev/kvm", format!("{e}; guests run under TCG (slow)")),
+    }
+    if a.probe {
+        match kiln_core::accel::resolve(&home, AccelChoice::Auto).await {
+            Ok((accel, why)) => r.ok("accelerator", format!("{accel}: {why}")),
+            Err(e) => r.fail("accelerator", e),
+        }
+    }
+    match free_bytes(std::path::Path::new("/dev/shm")) {
+        Some(b) if b >= 1 << 30 => r.ok("/dev/shm", format!("{} MiB free", b >> 20)),
+        Some(b) => r.warn("/dev/shm", format!("only {} MiB free; snapshots keep guest RAM there", b >> 20)),
+        None => r.fail("/dev/shm", "missing; mount a tmpfs there"),
+    }
+    let _ = std::fs::create_dir_all(home.root());
+    match free_bytes(home.root()) {
+        Some(b) if b >= 4 << 30 => r.ok("disk", format!("{} GiB free in {}", b >> 30, home.root().display())),
+        Some(b) => r.warn("disk", format!("only {} MiB free in {}; templates need ~3 GiB", b >> 20, home.root().display())),
+        None => r.warn("disk", "cannot tell free space"),
+    }
+    if r.failed {
+        println!("some checks failed: fix them (`make deps` installs the Debian packages) and run kiln doctor again");
+        1
+    } else {
+        println!("all good");
+        0
+    }
+}

@@ -1,0 +1,180 @@
+//! `kiln run`: one command in one fresh microVM.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use kiln_core::{ExecRequest, Output, Sandbox, SandboxError, SandboxOptions};
+use kiln_image::Home;
+use kiln_proto::ErrorKind;
+use kiln_vmm::AccelChoice;
+
+use crate::exit;
+
+/// Arguments of `kiln run`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  kiln run -- uname -a\n  kiln run --template base --timeout 600 -- sh -c 'make && make test'\n  echo data | kiln run -i -- wc -c")]
+pub struct RunArgs {
+    /// Template name, or a path to a template file.
+    #[arg(long, short = 't', default_value = "tiny", env = "KILN_TEMPLATE")]
+    template: String,
+    /// Kill the command and everything it started after this many seconds (exit 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+    /// Environment for the command, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory in the guest (absolute).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    workdir: Option<String>,
+    /// vCPUs (default: the template's).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Guest memory in MiB (default: the template's).
+    #[arg(long, value_name = "MiB")]
+    memory: Option<u32>,
+    /// Accelerator: auto (KVM if a guest boots on it, else TCG), kvm or tcg.
+    #[arg(long, default_value = "auto", env = "KILN_ACCEL")]
+    accel: AccelChoice,
+    /// Forward this terminal's stdin to the command (otherwise it reads /dev/null).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Say on stderr what kiln is doing and how long it took.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// How long the guest may take to boot, in seconds.
+    #[arg(long, default_value = "60", value_name = "SECS")]
+    boot_timeout: u64,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 7.0 * 86400.0) {
+        return Err(format!("timeout must be between 0 and 604800 seconds, not {s}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || k.as_bytes()[0].is_ascii_digit() {
+        return Err(format!("'{k}' is not a valid environment variable name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Runs `kiln run`.
+pub async fn run(a: RunArgs) -> i32 {
+    let home = Home::from_env();
+    let verbose = a.verbose;
+    let progress = move |m: &str| eprintln!("kiln: {m}");
+    let opts = SandboxOptions {
+        template: a.template.clone(),
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        accel: a.accel,
+        env: Vec::new(),
+        boot_timeout: Duration::from_secs(a.boot_timeout.max(1)),
+    };
+    let create = Sandbox::create(&home, &opts, &progress);
+    let sandbox = tokio::select! {
+        r = create => match r {
+            Ok(s) => s,
+            Err(e) => return exit::report(&e),
+        },
+        _ = interrupted() => {
+            eprintln!("kiln: interrupted during boot; the VM was destroyed");
+            return exit::INTERRUPTED;
+        }
+    };
+    if verbose {
+        let t = sandbox.timings();
+        eprintln!(
+            "kiln: sandbox {} from template {} by cold boot on {} (guest kernel {}): boot {:.0} ms, identity {:.0} ms, prepare {:.0} ms",
+            sandbox.id(),
+            sandbox.artifacts().template.name,
+            sandbox.accel(),
+            sandbox.guest_kernel(),
+            t.boot.as_secs_f64() * 1e3,
+            t.identity.as_secs_f64() * 1e3,
+            t.prepare.as_secs_f64() * 1e3,
+        );
+    }
+    let mut req = ExecRequest::argv(a.command.clone());
+    req.env = a.env;
+    req.cwd = a.workdir;
+    req.timeout = a.timeout;
+    if a.interactive {
+        req.stdin = Some(Box::new(tokio::io::stdin()));
+    }
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let on_output = |o: Output<'_>| {
+        // A closed stdout (e.g. `| head`) must not stop the command or leak the VM.
+        let _ = match o {
+            Output::Stdout(d) => out.write_all(d).and_then(|_| out.flush()),
+            Output::Stderr(d) => err.write_all(d).and_then(|_| err.flush()),
+        };
+    };
+    let result = tokio::select! {
+        r = sandbox.exec(req, on_output) => r,
+        _ = interrupted() => {
+            sandbox.destroy();
+            eprintln!("kiln: interrupted; the VM was destroyed");
+            return exit::INTERRUPTED;
+        }
+    };
+    let code = match result {
+        Ok(o) => {
+            if o.timed_out {
+                eprintln!(
+                    "kiln: timed out after {:.1}s; the command and every process it started were killed",
+                    a.timeout.map(|t| t.as_secs_f64()).unwrap_or_default()
+                );
+            } else if verbose {
+                eprintln!("kiln: command ended with {:?} after {} ms", o.status, o.duration.as_millis());
+            }
+            o.exit_code()
+        }
+        Err(SandboxError::Guest { kind: ErrorKind::NotFound, message }) => {
+            eprintln!(
+                "kiln: {message} in template '{}'; add it to the template (templates/*.toml) or use another template (--template base)",
+                a.template
+            );
+            exit::NOT_FOUND
+        }
+        Err(e) => exit::report(&e),
+    };
+    sandbox.destroy();
+    code
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+        _ = hup.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_and_timeout_parsing() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("novalue").is_err());
+        assert!(parse_env("1A=x").is_err());
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("abc").is_err());
+        assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
+    }
+}
