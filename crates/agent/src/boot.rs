@@ -2,6 +2,7 @@
 //! runtime mounts, `/dev` links, loopback and hostname. Every step logs its failure and the
 //! boot carries on: a half-working guest that answers the host beats a kernel panic.
 
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -9,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cmdline::{self, BootConfig};
+use crate::cmdline;
 use crate::port::POLL_INTERVAL;
 use crate::{identity, sys};
 
@@ -50,19 +51,17 @@ pub fn boot() {
     let start = Instant::now();
     mount_all(&KERNEL_FS);
     ensure_console();
-    let cfg = match fs::read_to_string("/proc/cmdline") {
-        Ok(text) => cmdline::parse(&text),
-        Err(e) => {
-            log!("read /proc/cmdline: {e}");
-            BootConfig::default()
-        }
-    };
+    let text = fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
+        log!("read /proc/cmdline: {e}");
+        String::new()
+    });
+    let cfg = cmdline::parse(&text);
     if let Some(secs) = cfg.time {
         if let Err(e) = identity::set_clock_ns(u128::from(secs) * 1_000_000_000) {
             log!("set clock from kiln.time: {e}");
         }
     }
-    load_modules();
+    load_modules(&text);
     match &cfg.root {
         Some(root) => {
             if let Err(e) = switch_root(root) {
@@ -139,13 +138,14 @@ fn ensure_console() {
     }
 }
 
-fn load_modules() {
+fn load_modules(cmdline: &str) {
     let order = match fs::read_to_string(MODULES_ORDER) {
         Ok(text) => text,
         Err(e) => return log!("read {MODULES_ORDER}: {e}; loading no modules"),
     };
     for name in cmdline::module_list(&order) {
-        match load_module(&Path::new(MODULES_DIR).join(&name)) {
+        let params = cmdline::module_params(cmdline, &name);
+        match load_module(&Path::new(MODULES_DIR).join(&name), &params) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => log!("load module {name}: {e}"),
@@ -153,11 +153,12 @@ fn load_modules() {
     }
 }
 
-fn load_module(path: &Path) -> io::Result<()> {
+fn load_module(path: &Path, params: &str) -> io::Result<()> {
     let file = File::open(path)?;
-    // SAFETY: finit_module reads the module from an open descriptor; the parameter string is a
-    // NUL-terminated literal and the flags are zero.
-    let ret = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
+    let params = CString::new(params).unwrap_or_default();
+    // SAFETY: finit_module reads the module from an open descriptor; the parameter string is
+    // NUL-terminated and outlives the call, and the flags are zero.
+    let ret = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {

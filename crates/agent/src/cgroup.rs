@@ -45,11 +45,15 @@ fn available() -> bool {
 
 impl Cgroup {
     /// Creates the cgroup of exec `id` of connection `gen`; `None` when cgroups are unavailable.
+    /// An agent that is not PID 1 (`--stdio`, of which several may run at once) adds its pid to
+    /// the name so agents never share a cgroup.
     pub fn create(id: u32, gen: u64) -> Option<Cgroup> {
         if !available() {
             return None;
         }
-        let dir = Path::new(PARENT).join(format!("exec-{id}-{gen}"));
+        let pid = std::process::id();
+        let name = if pid == 1 { format!("exec-{id}-{gen}") } else { format!("exec-{id}-{gen}-{pid}") };
+        let dir = Path::new(PARENT).join(name);
         match fs::create_dir(&dir) {
             Ok(()) => Some(Cgroup { dir }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Some(Cgroup { dir }),

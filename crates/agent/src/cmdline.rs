@@ -42,6 +42,20 @@ pub fn module_list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The parameters the kernel command line gives a module (`name.param=value`, with `-` and `_`
+/// alike in the name), as the string `finit_module` takes: what modprobe would pass.
+pub fn module_params(cmdline: &str, module_file: &str) -> String {
+    let module = module_file.strip_suffix(".ko").unwrap_or(module_file).replace('-', "_");
+    cmdline
+        .split_whitespace()
+        .filter_map(|word| {
+            let (name, param) = word.split_once('.')?;
+            (name.replace('-', "_") == module && !param.is_empty()).then_some(param)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +83,13 @@ mod tests {
         assert_eq!(module_list(text), ["virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "virtio_console.ko"]);
         assert!(module_list("").is_empty());
         assert!(module_list("dir/\n").is_empty());
+    }
+
+    #[test]
+    fn module_params_come_from_the_cmdline() {
+        let cmdline = "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 virtio-mmio.device=512@0xfeb00c00:11 virtio_blk.x kiln.root=/dev/vda";
+        assert_eq!(module_params(cmdline, "virtio_mmio.ko"), "device=512@0xfeb00e00:12 device=512@0xfeb00c00:11");
+        assert_eq!(module_params(cmdline, "virtio_blk.ko"), "x");
+        assert_eq!(module_params(cmdline, "virtio_console.ko"), "");
     }
 }

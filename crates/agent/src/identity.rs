@@ -11,6 +11,8 @@ use crate::sys;
 
 /// `RNDADDENTROPY` from `<linux/random.h>`: `_IOW('R', 0x03, int[2])`.
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` from `<linux/random.h>`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 /// Applies the system-wide parts of an identity, logging (not failing) on each error.
 pub fn apply(identity: &Identity) {
@@ -23,6 +25,12 @@ pub fn apply(identity: &Identity) {
             if let Err(e) = OpenOptions::new().write(true).open("/dev/urandom").and_then(|mut f| f.write_all(&identity.entropy)) {
                 log!("write /dev/urandom: {e}");
             }
+        }
+        // Clones of one snapshot start with the same CRNG state; new input alone only takes
+        // effect at the next periodic reseed, so force one now (boot ids, /dev/urandom and
+        // every later random number then differ between clones).
+        if let Err(e) = reseed() {
+            log!("reseed the kernel RNG: {e}");
         }
     }
     if !identity.hostname.is_empty() {
@@ -69,6 +77,13 @@ fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     // SAFETY: `info` is a rand_pool_info whose buf_size matches the bytes that follow it, and
     // it outlives the call.
     sys::check(unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) }).map(drop)
+}
+
+/// Forces the kernel CRNG to reseed from its input pool (needs CAP_SYS_ADMIN).
+fn reseed() -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open("/dev/urandom")?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    sys::check(unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG) }).map(drop)
 }
 
 #[cfg(test)]

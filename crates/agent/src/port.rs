@@ -4,8 +4,8 @@
 //! Port semantics: it is exclusive, so it is opened once, read-write. `read()` returns 0 while
 //! the host side is disconnected and writes cannot proceed then. A disconnect ends the
 //! connection; the next data starts a new one (a new host, e.g. after a snapshot restore).
-//! The port is opened non-blocking so the writer can give up on frames of an ended connection
-//! instead of delivering their tails to the next host.
+//! The port is opened non-blocking so the writer drops frames while no host is connected
+//! instead of blocking, and never delivers the tail of a frame to the next host.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -118,32 +118,24 @@ pub struct PortSink {
 
 impl Sink for PortSink {
     fn write_frame(&mut self, frame: &[u8], current: &dyn Fn() -> bool) -> io::Result<()> {
+        // No port open, or (below) no host connected: whoever the frame was for is gone, and
+        // the next host starts afresh with Hello. Dropping it also keeps the writer from
+        // blocking, so a reader waiting on a full queue gets to see the disconnect.
+        let Some(port) = lock(&self.slot).clone() else { return Ok(()) };
         let mut off = 0;
         while off < frame.len() {
-            // A frame of an ended connection is dropped before it starts, and given up midway
-            // once the host is seen gone: its tail would corrupt the next host's stream.
             if off == 0 && !current() {
                 return Ok(());
             }
-            let Some(port) = lock(&self.slot).clone() else {
-                if off > 0 {
-                    return Ok(());
-                }
-                std::thread::sleep(POLL_INTERVAL);
-                continue;
-            };
             match (&*port).write(&frame[off..]) {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut fds = [libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
                     sys::poll(&mut fds, Some(Duration::from_millis(100)))?;
-                    let hung_up = fds[0].revents & libc::POLLHUP != 0 && fds[0].revents & libc::POLLOUT == 0;
-                    if hung_up {
-                        if off > 0 {
-                            return Ok(());
-                        }
-                        std::thread::sleep(POLL_INTERVAL);
+                    if fds[0].revents & libc::POLLHUP != 0 && fds[0].revents & libc::POLLOUT == 0 {
+                        // Also mid-frame: its tail would corrupt the next host's stream.
+                        return Ok(());
                     }
                 }
                 Err(e) => return Err(e),

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use kiln_core::sandbox::CreateMode;
 use kiln_core::{ExecRequest, Output, Sandbox, SandboxError, SandboxOptions};
 use kiln_image::Home;
 use kiln_proto::ErrorKind;
@@ -36,12 +37,18 @@ pub struct RunArgs {
     /// Accelerator: auto (KVM if a guest boots on it, else TCG), kvm or tcg.
     #[arg(long, default_value = "auto", env = "KILN_ACCEL")]
     accel: AccelChoice,
+    /// Copy a host file or folder into the guest before the command runs (repeatable).
+    #[arg(long = "copy", value_name = "HOST:GUEST", value_parser = parse_copy)]
+    copy: Vec<(std::path::PathBuf, String)>,
     /// Forward this terminal's stdin to the command (otherwise it reads /dev/null).
     #[arg(long, short = 'i')]
     interactive: bool,
     /// Say on stderr what kiln is doing and how long it took.
     #[arg(long, short = 'v')]
     verbose: bool,
+    /// Cold-boot the kernel instead of restoring the template's snapshot.
+    #[arg(long)]
+    cold: bool,
     /// How long the guest may take to boot, in seconds.
     #[arg(long, default_value = "60", value_name = "SECS")]
     boot_timeout: u64,
@@ -56,6 +63,18 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("timeout must be between 0 and 604800 seconds, not {s}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_copy(s: &str) -> Result<(std::path::PathBuf, String), String> {
+    let (h, g) = s.rsplit_once(':').ok_or_else(|| format!("'{s}' is not HOST_PATH:GUEST_PATH"))?;
+    if !g.starts_with('/') {
+        return Err(format!("guest path '{g}' must be absolute"));
+    }
+    let host = std::path::PathBuf::from(h);
+    if !host.exists() {
+        return Err(format!("host path '{h}' does not exist"));
+    }
+    Ok((host, g.to_owned()))
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -78,6 +97,7 @@ pub async fn run(a: RunArgs) -> i32 {
         accel: a.accel,
         env: Vec::new(),
         boot_timeout: Duration::from_secs(a.boot_timeout.max(1)),
+        cold: a.cold,
     };
     let create = Sandbox::create(&home, &opts, &progress);
     let sandbox = tokio::select! {
@@ -93,15 +113,30 @@ pub async fn run(a: RunArgs) -> i32 {
     if verbose {
         let t = sandbox.timings();
         eprintln!(
-            "kiln: sandbox {} from template {} by cold boot on {} (guest kernel {}): boot {:.0} ms, identity {:.0} ms, prepare {:.0} ms",
+            "kiln: sandbox {} from template {} by {} on {} (guest kernel {}): boot {:.0} ms, identity {:.0} ms, prepare {:.0} ms",
             sandbox.id(),
             sandbox.artifacts().template.name,
+            match sandbox.mode() {
+                CreateMode::Cold => "cold boot".to_owned(),
+                CreateMode::Restored(s) => format!("restore from snapshot {s}"),
+            },
             sandbox.accel(),
             sandbox.guest_kernel(),
             t.boot.as_secs_f64() * 1e3,
             t.identity.as_secs_f64() * 1e3,
             t.prepare.as_secs_f64() * 1e3,
         );
+    }
+    for (host, guest) in &a.copy {
+        match sandbox.agent().copy_in(host, guest).await {
+            Ok(st) if verbose => eprintln!("kiln: copied {} into {guest}: {} files, {} KiB", host.display(), st.files, st.bytes >> 10),
+            Ok(_) => {}
+            Err(e) => {
+                let e = sandbox.map_err::<()>(Err(e)).await.unwrap_err();
+                sandbox.destroy();
+                return exit::report(&e);
+            }
+        }
     }
     let mut req = ExecRequest::argv(a.command.clone());
     req.env = a.env;

@@ -16,6 +16,23 @@ pub enum TemplateCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Cold-boot a template once and save a snapshot that `kiln run` restores from.
+    Bake {
+        /// Template name or path to a template file.
+        name: String,
+        /// vCPUs of the snapshot (default: the template's).
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory of the snapshot in MiB (default: the template's).
+        #[arg(long, value_name = "MiB")]
+        memory: Option<u32>,
+        /// Accelerator: auto, kvm or tcg.
+        #[arg(long, default_value = "auto", env = "KILN_ACCEL")]
+        accel: kiln_vmm::AccelChoice,
+        /// Bake again even if a valid snapshot exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// List templates: built ones with digest, size and build time, and known unbuilt ones.
     Ls {
         /// Print JSON instead of a table.
@@ -51,6 +68,7 @@ pub async fn run(cmd: TemplateCmd) -> i32 {
                 Err(e) => exit::report(&e.into()),
             }
         }
+        TemplateCmd::Bake { name, cpus, memory, accel, force } => bake(&home, &name, cpus, memory, accel, force).await,
         TemplateCmd::Ls { json } => {
             let built = BuiltTemplate::list(&home);
             if json {
@@ -78,5 +96,32 @@ pub async fn run(cmd: TemplateCmd) -> i32 {
             }
             0
         }
+    }
+}
+
+async fn bake(home: &Home, name: &str, cpus: Option<u32>, memory: Option<u32>, accel: kiln_vmm::AccelChoice, force: bool) -> i32 {
+    use kiln_core::snapshot::Expected;
+    let progress = |m: &str| eprintln!("kiln: {m}");
+    let result = async {
+        let artifacts = kiln_core::artifacts::prepare(home, name, &progress)?;
+        let cpus = cpus.unwrap_or(artifacts.template.cpus);
+        let memory = memory.unwrap_or(artifacts.template.memory_mib);
+        let (accel, _) = kiln_core::accel::resolve(home, accel).await?;
+        if force {
+            let expected = Expected::new(&artifacts, kiln_core::sandbox::qemu_version()?, accel, cpus, memory);
+            let dir = home.snapshots().join(expected.dir_name());
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        kiln_core::sandbox::ensure_snapshot(home, &artifacts, accel, cpus, memory, std::time::Duration::from_secs(120), &progress).await
+    }
+    .await;
+    match result {
+        Ok(s) => {
+            println!("{}\t{}\t{} vCPU\t{} MiB\t{}\tbaked in {} ms", s.meta.template, s.dir.display(), s.meta.cpus, s.meta.memory_mib, s.meta.accel, s.meta.bake_ms);
+            0
+        }
+        Err(e) => exit::report(&e),
     }
 }

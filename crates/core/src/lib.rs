@@ -5,11 +5,13 @@
 pub mod accel;
 pub mod agent;
 pub mod artifacts;
+pub mod copy;
 pub mod error;
 pub mod exec;
 pub mod files;
 pub mod random;
 pub mod sandbox;
+pub mod snapshot;
 
 pub use agent::Agent;
 pub use error::SandboxError;

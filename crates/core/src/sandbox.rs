@@ -1,9 +1,10 @@
 //! A sandbox: one microVM with its own kernel, a private copy-on-write disk, and an agent.
-//! Dropping it (or [`Sandbox::destroy`]) kills the VM and removes every file it had on the host.
+//! It is restored from its template's baked snapshot (or cold-booted on request), told who it
+//! is, and dropping it (or [`Sandbox::destroy`]) kills the VM and removes every file it had on
+//! the host.
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_image::{Home, Progress};
@@ -16,6 +17,7 @@ use crate::agent::{Agent, AgentInfo};
 use crate::artifacts::{prepare, BootArtifacts};
 use crate::error::SandboxError;
 use crate::exec::{ExecOutcome, ExecRequest, Output};
+use crate::snapshot::{self, create_overlay, Expected, Snapshot, Unusable};
 
 /// How to create a sandbox.
 #[derive(Debug, Clone)]
@@ -30,8 +32,10 @@ pub struct SandboxOptions {
     pub accel: AccelChoice,
     /// The sandbox's environment, given to every command.
     pub env: Vec<(String, String)>,
-    /// How long the guest may take to boot.
+    /// How long the guest may take to boot (or a snapshot to load).
     pub boot_timeout: Duration,
+    /// Cold-boot instead of restoring the template's snapshot.
+    pub cold: bool,
 }
 
 impl Default for SandboxOptions {
@@ -43,14 +47,24 @@ impl Default for SandboxOptions {
             accel: AccelChoice::Auto,
             env: Vec::new(),
             boot_timeout: Duration::from_secs(60),
+            cold: false,
         }
     }
+}
+
+/// How a sandbox came to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateMode {
+    /// Booted its kernel from scratch.
+    Cold,
+    /// Restored from a baked snapshot (its folder name).
+    Restored(String),
 }
 
 /// Where the time of a create went.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CreateTimings {
-    /// Preparing artifacts (near zero when cached).
+    /// Preparing artifacts and checking the snapshot (near zero when cached).
     pub prepare: Duration,
     /// Spawning the VMM to the agent's first reply.
     pub boot: Duration,
@@ -69,6 +83,7 @@ pub struct Sandbox {
     died: Arc<Mutex<Option<String>>>,
     timings: CreateTimings,
     artifacts: BootArtifacts,
+    mode: CreateMode,
 }
 
 fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
@@ -82,22 +97,19 @@ fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Creates the VM's private qcow2 overlay over the read-only base image.
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), SandboxError> {
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|source| SandboxError::Io { what: "run qemu-img (apt-get install qemu-utils)".into(), source })?;
-    if !out.status.success() {
-        return Err(SandboxError::Protocol(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+/// The QEMU version line, asked once per process.
+pub fn qemu_version() -> Result<String, SandboxError> {
+    static V: OnceLock<String> = OnceLock::new();
+    if let Some(v) = V.get() {
+        return Ok(v.clone());
     }
-    Ok(())
+    let v = Qemu::default().version()?;
+    Ok(V.get_or_init(|| v).clone())
 }
 
 impl Sandbox {
-    /// Boots a fresh sandbox from a template (cold boot).
+    /// Creates a sandbox: restored from the template's baked snapshot (baked on first use,
+    /// re-baked if it is damaged or from another environment), or cold-booted with `cold`.
     pub async fn create(home: &Home, opts: &SandboxOptions, progress: Progress<'_>) -> Result<Sandbox, SandboxError> {
         let t0 = Instant::now();
         let artifacts = prepare(home, &opts.template, progress)?;
@@ -105,8 +117,14 @@ impl Sandbox {
         let memory_mib = opts.memory_mib.unwrap_or(artifacts.template.memory_mib);
         check_shape(cpus, memory_mib)?;
         let (accel, _why) = crate::accel::resolve(home, opts.accel).await?;
-        let prepare_time = t0.elapsed();
+        if opts.cold {
+            return Self::cold(home, opts, artifacts, accel, cpus, memory_mib, t0).await;
+        }
+        let snap = ensure_snapshot(home, &artifacts, accel, cpus, memory_mib, opts.boot_timeout, progress).await?;
+        Self::restore(home, opts, artifacts, &snap, accel, t0).await
+    }
 
+    fn new_run_dir(home: &Home) -> Result<(String, PathBuf), SandboxError> {
         let id = format!("sbx-{}", crate::random::hex(6));
         let run_dir = home.run().join(&id);
         if run_dir.join("control.sock").as_os_str().len() > 100 {
@@ -116,8 +134,22 @@ impl Sandbox {
             )));
         }
         std::fs::create_dir_all(&run_dir).map_err(|source| SandboxError::Io { what: format!("create {}", run_dir.display()), source })?;
+        Ok((id, run_dir))
+    }
+
+    async fn cold(
+        home: &Home,
+        opts: &SandboxOptions,
+        artifacts: BootArtifacts,
+        accel: Accel,
+        cpus: u32,
+        memory_mib: u32,
+        t0: Instant,
+    ) -> Result<Sandbox, SandboxError> {
+        let prepare_time = t0.elapsed();
+        let (id, run_dir) = Self::new_run_dir(home)?;
         let overlay = run_dir.join("overlay.qcow2");
-        if let Err(e) = create_overlay(&artifacts.rootfs_path, &overlay) {
+        if let Err(e) = create_overlay(&artifacts.rootfs_path, "raw", &overlay) {
             let _ = std::fs::remove_dir_all(&run_dir);
             return Err(e);
         }
@@ -139,56 +171,75 @@ impl Sandbox {
         let vm = Qemu::default().launch(spec).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&run_dir);
         })?;
-        let (agent, info, died) = Self::attach(&vm, opts.boot_timeout).await?;
-        let boot = t_boot.elapsed();
-        let sandbox = Sandbox {
-            id,
-            vm: Mutex::new(Some(vm)),
-            agent,
-            info,
-            accel,
-            died,
-            timings: CreateTimings { prepare: prepare_time, boot, identity: Duration::ZERO },
-            artifacts,
-        };
-        let t_id = Instant::now();
-        sandbox.set_identity(&opts.env).await?;
-        let mut sandbox = sandbox;
-        sandbox.timings.identity = t_id.elapsed();
-        Ok(sandbox)
+        let (agent, info, died) = attach(&vm, opts.boot_timeout).await?;
+        let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
+        let sandbox = Sandbox { id, vm: Mutex::new(Some(vm)), agent, info, accel, died, timings, artifacts, mode: CreateMode::Cold };
+        sandbox.finish(&opts.env).await
     }
 
-    /// Connects to a just-started VM's agent, waits for its hello, and starts a watchdog that
-    /// notices when the VMM dies. On failure the VM is killed (by dropping it).
-    async fn attach(vm: &QemuVm, timeout: Duration) -> Result<(Agent, AgentInfo, Arc<Mutex<Option<String>>>), SandboxError> {
-        let died = Arc::new(Mutex::new(None));
-        let watch = ExitWatch::new(vm.pid()).map_err(|source| SandboxError::Io { what: "watch the VM process".into(), source })?;
-        let channel = AgentChannel::connect(&vm.control_socket(), Duration::from_secs(10)).await?;
-        {
-            let died = died.clone();
-            let ch = channel.clone();
-            let console = vm.console_log();
-            tokio::spawn(async move {
-                watch.exited().await;
-                let tail = kiln_vmm::driver::console_tail(&console);
-                *died.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail);
-                ch.poison("the VM exited");
-            });
+    async fn restore(
+        home: &Home,
+        opts: &SandboxOptions,
+        artifacts: BootArtifacts,
+        snap: &Snapshot,
+        accel: Accel,
+        t0: Instant,
+    ) -> Result<Sandbox, SandboxError> {
+        let prepare_time = t0.elapsed();
+        let (id, run_dir) = Self::new_run_dir(home)?;
+        let overlay = run_dir.join("overlay.qcow2");
+        if let Err(e) = create_overlay(&snap.disk(), "qcow2", &overlay) {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            return Err(e);
         }
-        let agent = Agent::new(channel);
-        let hello = tokio::time::timeout(timeout, agent.hello()).await;
-        let info = match hello {
-            Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some(console) = died.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                    return Err(SandboxError::Died { status: "during boot".into(), console });
-                }
-                return Err(e);
-            }
-            Err(_) => return Err(SandboxError::BootTimeout { secs: timeout.as_secs(), console: vm.console_tail() }),
+        let spec = VmSpec {
+            kernel: artifacts.kernel_path.clone(),
+            initrd: artifacts.initrd_path.clone(),
+            cmdline: snap.meta.cmdline.clone(),
+            cpus: snap.meta.cpus,
+            memory_mib: snap.meta.memory_mib,
+            accel,
+            disk: Some(overlay),
+            run_dir: run_dir.clone(),
+            memory: Memory::File { path: snap.memory(), shared: false },
+            incoming: true,
         };
-        Ok((agent, info, died))
+        let t_boot = Instant::now();
+        let mut vm = Qemu::default().launch(spec).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        })?;
+        let loaded = tokio::time::timeout(opts.boot_timeout, async {
+            vm.load_state(&snap.state()).await?;
+            vm.resume().await
+        })
+        .await;
+        let loaded = loaded.unwrap_or_else(|_| {
+            Err(VmError::Timeout { what: "the snapshot to load", secs: opts.boot_timeout.as_secs_f64(), console: String::new() })
+        });
+        if let Err(e) = loaded {
+            return Err(SandboxError::Protocol(format!(
+                "restoring snapshot {} failed: {e} {}",
+                snap.dir.display(),
+                vm.stderr_text()
+            )));
+        }
+        let (agent, info, died) = attach(&vm, opts.boot_timeout).await?;
+        let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
+        let mode = CreateMode::Restored(snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let sandbox = Sandbox { id, vm: Mutex::new(Some(vm)), agent, info, accel, died, timings, artifacts, mode };
+        sandbox.finish(&opts.env).await
+    }
+
+    async fn finish(mut self, env: &[(String, String)]) -> Result<Sandbox, SandboxError> {
+        let t = Instant::now();
+        self.set_identity(env).await?;
+        self.timings.identity = t.elapsed();
+        Ok(self)
+    }
+
+    /// How this sandbox was created.
+    pub fn mode(&self) -> &CreateMode {
+        &self.mode
     }
 
     /// Sends the sandbox's identity: clock, fresh entropy, hostname, machine id, environment.
@@ -294,4 +345,61 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The snapshot for these artifacts and shape: the baked one if valid, else a fresh bake
+/// (first use, or the old one is damaged or from another QEMU, shape or accelerator).
+pub async fn ensure_snapshot(
+    home: &Home,
+    artifacts: &BootArtifacts,
+    accel: Accel,
+    cpus: u32,
+    memory_mib: u32,
+    boot_timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<Snapshot, SandboxError> {
+    let expected = Expected::new(artifacts, qemu_version()?, accel, cpus, memory_mib);
+    match snapshot::find(home, &expected) {
+        Ok(s) => Ok(s),
+        Err(Unusable::Missing) => {
+            progress(&format!("template {} has no snapshot for this shape yet: baking one (once)", expected.template));
+            snapshot::bake(home, artifacts, &expected, boot_timeout, progress).await
+        }
+        Err(Unusable::Invalid(why)) => {
+            progress(&format!("snapshot of template {} is unusable: {why}; re-baking it", expected.template));
+            snapshot::bake(home, artifacts, &expected, boot_timeout, progress).await
+        }
+    }
+}
+/// Connects to a just-started VM's agent, waits for its hello, and starts a watchdog that
+/// notices when the VMM dies. On failure the VM is killed (by dropping it).
+pub(crate) async fn attach(vm: &QemuVm, timeout: Duration) -> Result<(Agent, AgentInfo, Arc<Mutex<Option<String>>>), SandboxError> {
+    let died = Arc::new(Mutex::new(None));
+    let watch = ExitWatch::new(vm.pid()).map_err(|source| SandboxError::Io { what: "watch the VM process".into(), source })?;
+    let channel = AgentChannel::connect(&vm.control_socket(), Duration::from_secs(10)).await?;
+    {
+        let died = died.clone();
+        let ch = channel.clone();
+        let console = vm.console_log();
+        tokio::spawn(async move {
+            watch.exited().await;
+            let tail = kiln_vmm::driver::console_tail(&console);
+            *died.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail);
+            ch.poison("the VM exited");
+        });
+    }
+    let agent = Agent::new(channel);
+    let hello = tokio::time::timeout(timeout, agent.hello()).await;
+    let info = match hello {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Some(console) = died.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                return Err(SandboxError::Died { status: "during boot".into(), console });
+            }
+            return Err(e);
+        }
+        Err(_) => return Err(SandboxError::BootTimeout { secs: timeout.as_secs(), console: vm.console_tail() }),
+    };
+    Ok((agent, info, died))
 }

@@ -50,7 +50,7 @@ impl Kernel {
     pub fn ensure(home: &Home, progress: Progress<'_>) -> Result<Kernel> {
         let package = match std::env::var("KILN_KERNEL_PACKAGE") {
             Ok(p) => p,
-            Err(_) => match deb::resolve_dependency(META_PACKAGE, "linux-image-") {
+            Err(_) => match resolve_current(home) {
                 Ok(p) => p,
                 Err(e) => return Self::newest_cached(home).ok_or(e),
             },
@@ -133,6 +133,28 @@ impl Kernel {
         }
         s
     }
+}
+
+/// The package the meta-package names, remembered until apt's lists change (asking apt
+/// takes about a second, too slow for every sandbox).
+fn resolve_current(home: &Home) -> Result<String> {
+    let lists_mtime = std::fs::metadata("/var/lib/apt/lists")
+        .and_then(|m| m.modified())
+        .map(|t| format!("{t:?}"))
+        .unwrap_or_default();
+    let memo = home.kernels().join("current");
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        if let Some((stamp, package)) = text.trim().split_once('\n') {
+            if stamp == lists_mtime && package.starts_with("linux-image-") {
+                return Ok(package.to_owned());
+            }
+        }
+    }
+    let package = deb::resolve_dependency(META_PACKAGE, "linux-image-")?;
+    if std::fs::create_dir_all(home.kernels()).is_ok() {
+        let _ = write_atomic(&memo, format!("{lists_mtime}\n{package}\n").as_bytes());
+    }
+    Ok(package)
 }
 
 fn parse_hz(config: &str) -> Option<u32> {

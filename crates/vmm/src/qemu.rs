@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::driver::{Driver, Memory, Vm, VmSpec};
 use crate::error::VmError;
 use crate::qmp::Qmp;
@@ -111,11 +113,70 @@ impl QemuVm {
         Ok(self.qmp.as_mut().expect("just set"))
     }
 
+    /// Pauses the vCPUs (QEMU drains and flushes the disks).
+    pub async fn pause(&mut self) -> Result<(), VmError> {
+        self.qmp().await?.execute("stop", None).await.map(|_| ())
+    }
+
+    /// Resumes the vCPUs.
+    pub async fn resume(&mut self) -> Result<(), VmError> {
+        self.qmp().await?.execute("cont", None).await.map(|_| ())
+    }
+
+    /// Saves device state (not RAM, which lives in a shared memory file) to `state`.
+    /// The VM must be paused.
+    pub async fn save_state(&mut self, state: &Path) -> Result<(), VmError> {
+        let uri = format!("exec:cat > {}", shell_quote(state)?);
+        let qmp = self.qmp().await?;
+        set_ignore_shared(qmp).await?;
+        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        qmp.wait_migration(Duration::from_secs(120)).await.map(|_| ())
+    }
+
+    /// Loads device state saved by [`QemuVm::save_state`] into a VM started with `incoming`
+    /// and the same machine shape; it stays paused until [`QemuVm::resume`].
+    pub async fn load_state(&mut self, state: &Path) -> Result<(), VmError> {
+        let uri = format!("exec:cat {}", shell_quote(state)?);
+        let qmp = self.qmp().await?;
+        set_ignore_shared(qmp).await?;
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        qmp.wait_migration(Duration::from_secs(120)).await.map(|_| ())
+    }
+
+    /// Switches the root disk to a new overlay on top of the current one, which becomes
+    /// read-only for this VM (used to fork: the old overlay is frozen for the children).
+    pub async fn snapshot_disk(&mut self, new_overlay: &Path) -> Result<(), VmError> {
+        let args = json!({ "device": "d0", "snapshot-file": new_overlay.display().to_string(), "format": "qcow2", "mode": "absolute-paths" });
+        self.qmp().await?.execute("blockdev-snapshot-sync", Some(args)).await.map(|_| ())
+    }
+
+    /// Asks QEMU to exit.
+    pub async fn quit(&mut self) -> Result<(), VmError> {
+        let r = self.qmp().await?.execute("quit", None).await.map(|_| ());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.watch.exited()).await;
+        r
+    }
+
     /// What QEMU printed on stderr (bounded), for error messages.
     pub fn stderr_text(&self) -> String {
         let bytes = std::fs::read(self.run_dir.join("qemu.stderr")).unwrap_or_default();
         String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).trim().to_owned()
     }
+}
+
+async fn set_ignore_shared(qmp: &mut Qmp) -> Result<(), VmError> {
+    let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
+    qmp.execute("migrate-set-capabilities", Some(caps)).await.map(|_| ())
+}
+
+/// Quotes a path for QEMU's `exec:` migration URI (run by /bin/sh). Paths kiln makes never
+/// contain a quote; anything that does is refused rather than escaped.
+fn shell_quote(p: &Path) -> Result<String, VmError> {
+    let s = p.display().to_string();
+    if s.contains('\'') || s.contains('\n') {
+        return Err(VmError::Qmp { command: "migrate".into(), detail: format!("unsupported path {s:?}") });
+    }
+    Ok(format!("'{s}'"))
 }
 
 impl Vm for QemuVm {

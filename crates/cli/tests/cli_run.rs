@@ -1,0 +1,127 @@
+//! `kiln run` end to end: the real binary, real VMs, real exit codes.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use kiln_testkit::TestHome;
+
+fn kiln(th: &TestHome, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(args);
+    for (k, v) in th.env() {
+        c.env(k, v);
+    }
+    c.output().expect("run kiln")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn streams_and_exit_code() {
+    let th = TestHome::new();
+    let o = kiln(&th, &["run", "--template", "tiny", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(text(&o.stdout), "out\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    assert_eq!(o.status.code(), Some(3));
+    th.assert_clean();
+}
+
+#[test]
+fn signal_and_not_found_codes() {
+    let th = TestHome::new();
+    let o = kiln(&th, &["run", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o.stderr));
+    let o = kiln(&th, &["run", "--", "no-such-tool", "--x"]);
+    assert_eq!(o.status.code(), Some(127));
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-tool") && err.contains("template"), "{err}");
+    th.assert_clean();
+}
+
+#[test]
+fn timeout_exits_124_and_leaves_no_qemu() {
+    let th = TestHome::new();
+    let t0 = Instant::now();
+    let o = kiln(&th, &["run", "--template", "tiny", "--timeout", "2", "--", "sh", "-c", "sleep 100 & while :; do :; done"]);
+    let took = t0.elapsed();
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("timed out"), "{}", text(&o.stderr));
+    // Boot (~2-3 s under TCG) + 2 s timeout + teardown.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(th.vmm_processes().is_empty());
+    th.assert_clean();
+}
+
+#[test]
+fn env_workdir_and_stdin() {
+    let th = TestHome::new();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(["run", "-i", "-e", "A=1", "-e", "B=x y", "-w", "/tmp", "--", "sh", "-c", "echo $A $B; pwd; wc -l"]);
+    for (k, v) in th.env() {
+        c.env(k, v);
+    }
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"1\n2\n3\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(text(&o.stdout).split_whitespace().collect::<Vec<_>>(), ["1", "x", "y", "/tmp", "3"]);
+    assert_eq!(o.status.code(), Some(0));
+    th.assert_clean();
+}
+
+#[test]
+fn bad_input_gets_one_line_and_code_2() {
+    let th = TestHome::new();
+    for args in [
+        &["run", "--template", "nope", "--", "true"][..],
+        &["run", "--env", "NOEQUALS", "--", "true"][..],
+        &["run", "--timeout", "-1", "--", "true"][..],
+        &["run", "--cpus", "0", "--", "true"][..],
+        &["run", "--memory", "1", "--", "true"][..],
+        &["run", "--copy", "/definitely/missing:/x", "--", "true"][..],
+        &["run", "--accel", "xen", "--", "true"][..],
+        &["run", "--bogus-flag", "--", "true"][..],
+    ] {
+        let o = kiln(&th, args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.trim().is_empty(), "{args:?}");
+        assert!(err.lines().next().unwrap().len() > 10, "{args:?}: {err}");
+    }
+    let o = kiln(&th, &["run", "--template", "nope", "--", "true"]);
+    let err = text(&o.stderr);
+    assert!(err.contains("unknown template 'nope'") && err.contains("tiny"), "{err}");
+    th.assert_clean();
+}
+
+#[test]
+fn every_command_has_help() {
+    let th = TestHome::new();
+    for args in [&["--help"][..], &["run", "--help"], &["template", "--help"], &["template", "build", "--help"], &["template", "ls", "--help"], &["doctor", "--help"]] {
+        let o = kiln(&th, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(text(&o.stdout).contains("Usage:"), "{args:?}");
+    }
+}
+
+#[test]
+fn template_ls_shows_built_templates() {
+    let th = TestHome::new();
+    let o = kiln(&th, &["template", "ls"]);
+    let out = text(&o.stdout);
+    let tiny = out.lines().find(|l| l.starts_with("tiny ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(tiny.contains("MiB"), "{tiny}");
+}
+
+#[test]
+fn base_template_has_git() {
+    let th = TestHome::new();
+    let o = kiln(&th, &["run", "--template", "base", "--", "git", "--version"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("git version"), "{}", text(&o.stdout));
+    th.assert_clean();
+}

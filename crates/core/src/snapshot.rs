@@ -1,0 +1,447 @@
+//! Baked snapshots of templates, and their validation.
+//!
+//! A snapshot is a folder `KILN_HOME/snapshots/<template>-<key>/` holding:
+//! - `memory`: guest RAM, written through a shared mapping while the template VM ran, then
+//!   frozen (mode 0444; kiln never opens it for writing; clones map it privately, copy-on-write);
+//! - `state`: QEMU device state (`migrate` with `x-ignore-shared`, so RAM is not in it);
+//! - `disk.qcow2`: the template VM's disk overlay over the read-only rootfs image, frozen; each
+//!   clone writes to its own overlay on top of it;
+//! - `snapshot.json`: [`SnapshotMeta`] plus a sha256 of it, with the digests of the three files
+//!   and of everything they depend on (kernel, initramfs, rootfs), the QEMU version, machine
+//!   shape and accelerator. A snapshot is restored only if all of that matches.
+//! - `verified`: size, mtime and inode of each file when last fully hashed, so restores skip
+//!   re-hashing 256 MiB unless a file changed.
+//!
+//! Nothing secret is ever in a snapshot: the template VM gets no identity, environment or
+//! secret before it is saved.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_image::kernel::write_atomic;
+use kiln_image::store::Digest;
+use kiln_image::{Home, Progress};
+use kiln_vmm::driver::Memory;
+use kiln_vmm::{Accel, Driver, Qemu, Vm, VmSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::artifacts::BootArtifacts;
+use crate::error::SandboxError;
+
+/// Version of the snapshot folder layout and metadata.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+/// The files of a snapshot that are checksummed.
+pub const FILES: [&str; 3] = ["memory", "state", "disk.qcow2"];
+
+/// What a snapshot was made from and of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// [`SNAPSHOT_FORMAT`].
+    pub format: u32,
+    /// Template name.
+    pub template: String,
+    /// Digest of the template file.
+    pub template_source: Digest,
+    /// Kernel image digest.
+    pub kernel: Digest,
+    /// Initramfs digest (includes the agent).
+    pub initramfs: Digest,
+    /// Root filesystem image digest.
+    pub rootfs: Digest,
+    /// QEMU version line.
+    pub qemu: String,
+    /// Accelerator.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// The exact kernel command line the template booted with.
+    pub cmdline: String,
+    /// kiln version.
+    pub kiln: String,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// Milliseconds the bake took (boot + save).
+    pub bake_ms: u64,
+    /// (file name, digest, size) of each file in [`FILES`].
+    pub files: Vec<(String, Digest, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    /// sha256 of the JSON of `meta`.
+    checksum: String,
+}
+
+/// What a snapshot must match to be restored in this environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Template name.
+    pub template: String,
+    /// Template file digest.
+    pub template_source: Digest,
+    /// Kernel digest.
+    pub kernel: Digest,
+    /// Initramfs digest.
+    pub initramfs: Digest,
+    /// Rootfs digest.
+    pub rootfs: Digest,
+    /// QEMU version line.
+    pub qemu: String,
+    /// Accelerator.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+}
+
+impl Expected {
+    /// What a snapshot of these artifacts, on this QEMU and shape, must say.
+    pub fn new(a: &BootArtifacts, qemu: String, accel: Accel, cpus: u32, memory_mib: u32) -> Expected {
+        Expected {
+            template: a.template.name.clone(),
+            template_source: a.template.source_digest.clone(),
+            kernel: a.kernel.vmlinuz.clone(),
+            initramfs: a.initramfs.clone(),
+            rootfs: a.template.rootfs.clone(),
+            qemu,
+            accel,
+            cpus,
+            memory_mib,
+        }
+    }
+
+    /// The folder name: template name plus a digest of everything that must match.
+    pub fn dir_name(&self) -> String {
+        let key = format!(
+            "{SNAPSHOT_FORMAT}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.template,
+            self.template_source.hex(),
+            self.kernel.hex(),
+            self.initramfs.hex(),
+            self.rootfs.hex(),
+            self.qemu,
+            self.accel,
+            self.cpus,
+            self.memory_mib,
+            env!("CARGO_PKG_VERSION")
+        );
+        format!("{}-{}", self.template, &Digest::of_bytes(key.as_bytes()).hex()[..16])
+    }
+
+    /// Every way `meta` differs from what is expected, as sentences.
+    pub fn mismatches(&self, meta: &SnapshotMeta) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut cmp = |what: &str, have: String, want: String| {
+            if have != want {
+                v.push(format!("{what} is {have}, this host has {want}"));
+            }
+        };
+        cmp("format", meta.format.to_string(), SNAPSHOT_FORMAT.to_string());
+        cmp("QEMU version", meta.qemu.clone(), self.qemu.clone());
+        cmp("accelerator", meta.accel.to_string(), self.accel.to_string());
+        cmp("machine shape", format!("{} vCPU/{} MiB", meta.cpus, meta.memory_mib), format!("{} vCPU/{} MiB", self.cpus, self.memory_mib));
+        cmp("template", meta.template.clone(), self.template.clone());
+        cmp("template file", meta.template_source.to_string(), self.template_source.to_string());
+        cmp("kernel", meta.kernel.to_string(), self.kernel.to_string());
+        cmp("initramfs", meta.initramfs.to_string(), self.initramfs.to_string());
+        cmp("rootfs", meta.rootfs.to_string(), self.rootfs.to_string());
+        cmp("kiln version", meta.kiln.clone(), env!("CARGO_PKG_VERSION").to_owned());
+        v
+    }
+}
+
+/// A snapshot that passed validation.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Its metadata.
+    pub meta: SnapshotMeta,
+}
+
+impl Snapshot {
+    /// The memory file.
+    pub fn memory(&self) -> PathBuf {
+        self.dir.join("memory")
+    }
+    /// The device state file.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    /// The frozen disk overlay.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+}
+
+/// Why a snapshot cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// None was baked for this template and environment.
+    Missing,
+    /// It is there but damaged or from another environment.
+    Invalid(String),
+}
+
+fn fingerprint(path: &Path) -> Option<(u64, i64, i64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+}
+
+/// Loads and validates the snapshot at `dir` against `expected`.
+pub fn load(dir: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
+    let record_path = dir.join("snapshot.json");
+    let bytes = match std::fs::read(&record_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return Err(Unusable::Missing),
+        Err(e) => return Err(Unusable::Invalid(format!("cannot read {}: {e}", record_path.display()))),
+    };
+    if bytes.len() > 1 << 20 {
+        return Err(Unusable::Invalid("snapshot.json is implausibly large".into()));
+    }
+    let record: SnapshotRecord =
+        serde_json::from_slice(&bytes).map_err(|e| Unusable::Invalid(format!("snapshot.json is not valid: {e}")))?;
+    let sum = Digest::of_bytes(&serde_json::to_vec(&record.meta).expect("json"));
+    if sum.hex() != record.checksum {
+        return Err(Unusable::Invalid("snapshot.json fails its checksum".into()));
+    }
+    let mismatches = expected.mismatches(&record.meta);
+    if !mismatches.is_empty() {
+        return Err(Unusable::Invalid(format!("snapshot does not match: {}", mismatches.join("; "))));
+    }
+    // Sizes always; full hashes when a file's fingerprint changed since it was last verified.
+    let verified_path = dir.join("verified");
+    let verified: Vec<(String, (u64, i64, i64, u64))> =
+        std::fs::read(&verified_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let mut all_current = true;
+    let mut now = Vec::new();
+    for name in FILES {
+        let Some((_, digest, size)) = record.meta.files.iter().find(|(n, _, _)| n == name) else {
+            return Err(Unusable::Invalid(format!("snapshot.json lists no {name}")));
+        };
+        let path = dir.join(name);
+        let fp = fingerprint(&path).ok_or_else(|| Unusable::Invalid(format!("{name} is missing")))?;
+        if fp.0 != *size {
+            return Err(Unusable::Invalid(format!("{name} is {} bytes, expected {size} (truncated?)", fp.0)));
+        }
+        if !verified.iter().any(|(n, f)| n == name && *f == fp) {
+            all_current = false;
+            let have = Digest::of_file(&path).map_err(|e| Unusable::Invalid(e.to_string()))?;
+            if have != *digest {
+                return Err(Unusable::Invalid(format!("{name} fails its checksum (damaged)")));
+            }
+        }
+        now.push((name.to_owned(), fp));
+    }
+    if !all_current {
+        let _ = write_atomic(&verified_path, &serde_json::to_vec(&now).expect("json"));
+    }
+    Ok(Snapshot { dir: dir.to_owned(), meta: record.meta })
+}
+
+/// Finds the snapshot for `expected`.
+pub fn find(home: &Home, expected: &Expected) -> Result<Snapshot, Unusable> {
+    load(&home.snapshots().join(expected.dir_name()), expected)
+}
+
+/// Creates a qcow2 overlay over `base` (format `base_format`).
+pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<(), SandboxError> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|source| SandboxError::Io { what: "run qemu-img (apt-get install qemu-utils)".into(), source })?;
+    if !out.status.success() {
+        return Err(SandboxError::Protocol(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
+    move |source| SandboxError::Io { what, source }
+}
+
+/// Cold-boots the template once, syncs, pauses, and saves it as a snapshot; publishes the
+/// folder atomically (a half-written bake is never found). Replaces an invalid snapshot.
+pub async fn bake(
+    home: &Home,
+    artifacts: &BootArtifacts,
+    expected: &Expected,
+    boot_timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<Snapshot, SandboxError> {
+    let _lock = kiln_image::lock::FileLock::acquire(&home.locks().join(format!("bake-{}.lock", expected.dir_name())))?;
+    let final_dir = home.snapshots().join(expected.dir_name());
+    if let Ok(s) = load(&final_dir, expected) {
+        return Ok(s); // baked by someone else while we waited
+    }
+    let t0 = Instant::now();
+    progress(&format!("baking a snapshot of template {} ({} vCPU, {} MiB, {})", expected.template, expected.cpus, expected.memory_mib, expected.accel));
+    let tmp = home.snapshots().join(format!(".bake-{}-{}", expected.dir_name(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+    let result = bake_into(home, artifacts, expected, &tmp, boot_timeout).await;
+    let meta = match result {
+        Ok(mut meta) => {
+            meta.bake_ms = t0.elapsed().as_millis() as u64;
+            meta
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let checksum = Digest::of_bytes(&serde_json::to_vec(&meta).expect("json")).hex().to_owned();
+    let record = SnapshotRecord { meta, checksum };
+    let publish = (|| -> Result<(), SandboxError> {
+        write_atomic(&tmp.join("snapshot.json"), &serde_json::to_vec_pretty(&record).expect("json"))?;
+        let verified: Vec<(String, (u64, i64, i64, u64))> =
+            FILES.iter().filter_map(|n| Some(((*n).to_owned(), fingerprint(&tmp.join(n))?))).collect();
+        write_atomic(&tmp.join("verified"), &serde_json::to_vec(&verified).expect("json"))?;
+        if final_dir.exists() {
+            // An invalid snapshot: move it aside first; running clones keep their open files.
+            let old = home.snapshots().join(format!(".old-{}-{}", expected.dir_name(), crate::random::hex(4)));
+            std::fs::rename(&final_dir, &old).map_err(io(format!("move aside {}", final_dir.display())))?;
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(io(format!("publish {}", final_dir.display())))
+    })();
+    if let Err(e) = publish {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    progress(&format!("snapshot {} baked in {:.1}s", expected.dir_name(), t0.elapsed().as_secs_f64()));
+    Ok(Snapshot { dir: final_dir, meta: record.meta })
+}
+
+async fn bake_into(home: &Home, a: &BootArtifacts, expected: &Expected, dir: &Path, boot_timeout: Duration) -> Result<SnapshotMeta, SandboxError> {
+    let disk = dir.join("disk.qcow2");
+    create_overlay(&a.rootfs_path, "raw", &disk)?;
+    let memory = dir.join("memory");
+    let cmdline = a.kernel.cmdline(kiln_image::kernel::host_tsc_khz(), "kiln.root=/dev/vda kiln.hostname=kiln-template");
+    let run_dir = home.run().join(format!("bake-{}", crate::random::hex(4)));
+    let spec = VmSpec {
+        kernel: a.kernel_path.clone(),
+        initrd: a.initrd_path.clone(),
+        cmdline: cmdline.clone(),
+        cpus: expected.cpus,
+        memory_mib: expected.memory_mib,
+        accel: expected.accel,
+        disk: Some(disk.clone()),
+        run_dir,
+        memory: Memory::File { path: memory.clone(), shared: true },
+        incoming: false,
+    };
+    let mut vm = Qemu::default().launch(spec)?;
+    let (agent, _info, _died) = crate::sandbox::attach(&vm, boot_timeout).await?;
+    // Flush the guest's dirty pages now, or every clone would inherit and rewrite them.
+    agent.sync().await?;
+    vm.pause().await?;
+    vm.save_state(&dir.join("state")).await?;
+    vm.quit().await.ok();
+    vm.kill();
+    let mut files = Vec::new();
+    for name in FILES {
+        let p = dir.join(name);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).map_err(io(format!("freeze {}", p.display())))?;
+        let size = std::fs::metadata(&p).map_err(io(format!("stat {}", p.display())))?.len();
+        files.push((name.to_owned(), Digest::of_file(&p)?, size));
+    }
+    Ok(SnapshotMeta {
+        format: SNAPSHOT_FORMAT,
+        template: expected.template.clone(),
+        template_source: expected.template_source.clone(),
+        kernel: expected.kernel.clone(),
+        initramfs: expected.initramfs.clone(),
+        rootfs: expected.rootfs.clone(),
+        qemu: expected.qemu.clone(),
+        accel: expected.accel,
+        cpus: expected.cpus,
+        memory_mib: expected.memory_mib,
+        cmdline,
+        kiln: env!("CARGO_PKG_VERSION").to_owned(),
+        created_at: kiln_image::BuiltTemplate::now(),
+        bake_ms: 0,
+        files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected() -> Expected {
+        let d = Digest::of_bytes(b"x");
+        Expected {
+            template: "tiny".into(),
+            template_source: d.clone(),
+            kernel: d.clone(),
+            initramfs: d.clone(),
+            rootfs: d,
+            qemu: "QEMU 7.2".into(),
+            accel: Accel::Tcg,
+            cpus: 1,
+            memory_mib: 256,
+        }
+    }
+
+    fn meta_for(e: &Expected) -> SnapshotMeta {
+        SnapshotMeta {
+            format: SNAPSHOT_FORMAT,
+            template: e.template.clone(),
+            template_source: e.template_source.clone(),
+            kernel: e.kernel.clone(),
+            initramfs: e.initramfs.clone(),
+            rootfs: e.rootfs.clone(),
+            qemu: e.qemu.clone(),
+            accel: e.accel,
+            cpus: e.cpus,
+            memory_mib: e.memory_mib,
+            cmdline: String::new(),
+            kiln: env!("CARGO_PKG_VERSION").into(),
+            created_at: 0,
+            bake_ms: 0,
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn mismatches_are_named() {
+        let e = expected();
+        assert!(e.mismatches(&meta_for(&e)).is_empty());
+        let mut m = meta_for(&e);
+        m.qemu = "QEMU 8.0".into();
+        m.memory_mib = 512;
+        let v = e.mismatches(&m);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v[0].contains("QEMU version is QEMU 8.0"), "{v:?}");
+        assert!(v[1].contains("512 MiB"), "{v:?}");
+    }
+
+    #[test]
+    fn dir_name_depends_on_shape() {
+        let e = expected();
+        let mut e2 = e.clone();
+        e2.cpus = 2;
+        assert_ne!(e.dir_name(), e2.dir_name());
+        assert!(e.dir_name().starts_with("tiny-"));
+    }
+
+    #[test]
+    fn missing_and_damaged_records() {
+        let t = tempfile::tempdir().unwrap();
+        let e = expected();
+        assert_eq!(load(&t.path().join("none"), &e).unwrap_err(), Unusable::Missing);
+        std::fs::write(t.path().join("snapshot.json"), b"{not json").unwrap();
+        assert!(matches!(load(t.path(), &e), Err(Unusable::Invalid(m)) if m.contains("not valid")));
+        let record = SnapshotRecord { meta: meta_for(&e), checksum: "0".repeat(64) };
+        std::fs::write(t.path().join("snapshot.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        assert!(matches!(load(t.path(), &e), Err(Unusable::Invalid(m)) if m.contains("checksum")));
+    }
+}
