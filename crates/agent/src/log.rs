@@ -5,7 +5,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// Writes one line to stderr, prefixed with `kiln-agent:`. Never panics, unlike `eprintln!`.
-#[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => {{
         use ::std::io::Write as _;

@@ -98,6 +98,7 @@ pub async fn run(a: RunArgs) -> i32 {
         env: Vec::new(),
         boot_timeout: Duration::from_secs(a.boot_timeout.max(1)),
         cold: a.cold,
+        forkable: false,
     };
     let create = Sandbox::create(&home, &opts, &progress);
     let sandbox = tokio::select! {
@@ -119,6 +120,7 @@ pub async fn run(a: RunArgs) -> i32 {
             match sandbox.mode() {
                 CreateMode::Cold => "cold boot".to_owned(),
                 CreateMode::Restored(s) => format!("restore from snapshot {s}"),
+                CreateMode::Forked(p) => format!("fork of {p}"),
             },
             sandbox.accel(),
             sandbox.guest_kernel(),

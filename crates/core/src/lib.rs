@@ -9,6 +9,7 @@ pub mod copy;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod fork;
 pub mod random;
 pub mod sandbox;
 pub mod snapshot;

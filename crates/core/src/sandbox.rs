@@ -36,6 +36,9 @@ pub struct SandboxOptions {
     pub boot_timeout: Duration,
     /// Cold-boot instead of restoring the template's snapshot.
     pub cold: bool,
+    /// Keep guest RAM in a file of the sandbox's own (shared mapping), so that
+    /// [`Sandbox::fork`] is a device-state save of tens of milliseconds.
+    pub forkable: bool,
 }
 
 impl Default for SandboxOptions {
@@ -48,6 +51,7 @@ impl Default for SandboxOptions {
             env: Vec::new(),
             boot_timeout: Duration::from_secs(60),
             cold: false,
+            forkable: false,
         }
     }
 }
@@ -59,6 +63,8 @@ pub enum CreateMode {
     Cold,
     /// Restored from a baked snapshot (its folder name).
     Restored(String),
+    /// Forked from a running sandbox (its id).
+    Forked(String),
 }
 
 /// Where the time of a create went.
@@ -75,15 +81,21 @@ pub struct CreateTimings {
 /// A running sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
-    id: String,
-    vm: Mutex<Option<QemuVm>>,
-    agent: Agent,
-    info: AgentInfo,
-    accel: Accel,
-    died: Arc<Mutex<Option<String>>>,
-    timings: CreateTimings,
-    artifacts: BootArtifacts,
-    mode: CreateMode,
+    pub(crate) id: String,
+    pub(crate) vm: Mutex<Option<QemuVm>>,
+    pub(crate) agent: Agent,
+    pub(crate) info: AgentInfo,
+    pub(crate) accel: Accel,
+    pub(crate) died: Arc<Mutex<Option<String>>>,
+    pub(crate) timings: CreateTimings,
+    pub(crate) artifacts: BootArtifacts,
+    pub(crate) mode: CreateMode,
+    /// How the VM was launched (to restart it as a clone after a fork).
+    pub(crate) spec: VmSpec,
+    pub(crate) machine_id: String,
+    pub(crate) env: Vec<(String, String)>,
+    /// The fork snapshot this sandbox's disk (and, for clones, memory) rests on.
+    pub(crate) base: Option<Arc<crate::fork::ForkBase>>,
 }
 
 fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
@@ -124,7 +136,7 @@ impl Sandbox {
         Self::restore(home, opts, artifacts, &snap, accel, t0).await
     }
 
-    fn new_run_dir(home: &Home) -> Result<(String, PathBuf), SandboxError> {
+    pub(crate) fn new_run_dir(home: &Home) -> Result<(String, PathBuf), SandboxError> {
         let id = format!("sbx-{}", crate::random::hex(6));
         let run_dir = home.run().join(&id);
         if run_dir.join("control.sock").as_os_str().len() > 100 {
@@ -164,17 +176,31 @@ impl Sandbox {
             accel,
             disk: Some(overlay),
             run_dir: run_dir.clone(),
-            memory: Memory::Anonymous,
+            memory: if opts.forkable { Memory::File { path: run_dir.join("memory"), shared: true } } else { Memory::Anonymous },
             incoming: false,
         };
         let t_boot = Instant::now();
-        let vm = Qemu::default().launch(spec).inspect_err(|_| {
+        let vm = Qemu::default().launch(spec.clone()).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&run_dir);
         })?;
         let (agent, info, died) = attach(&vm, opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
-        let sandbox = Sandbox { id, vm: Mutex::new(Some(vm)), agent, info, accel, died, timings, artifacts, mode: CreateMode::Cold };
-        sandbox.finish(&opts.env).await
+        let sandbox = Sandbox {
+            id,
+            vm: Mutex::new(Some(vm)),
+            agent,
+            info,
+            accel,
+            died,
+            timings,
+            artifacts,
+            mode: CreateMode::Cold,
+            spec,
+            machine_id: crate::random::hex(16),
+            env: opts.env.clone(),
+            base: None,
+        };
+        sandbox.finish().await
     }
 
     async fn restore(
@@ -192,6 +218,18 @@ impl Sandbox {
             let _ = std::fs::remove_dir_all(&run_dir);
             return Err(e);
         }
+        let memory = if opts.forkable {
+            // A private, writable copy of the template's RAM that this sandbox maps shared.
+            let own = run_dir.join("memory");
+            if let Err(source) = std::fs::copy(snap.memory(), &own) {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(SandboxError::Io { what: format!("copy {}", snap.memory().display()), source });
+            }
+            let _ = std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+            Memory::File { path: own, shared: true }
+        } else {
+            Memory::File { path: snap.memory(), shared: false }
+        };
         let spec = VmSpec {
             kernel: artifacts.kernel_path.clone(),
             initrd: artifacts.initrd_path.clone(),
@@ -201,11 +239,11 @@ impl Sandbox {
             accel,
             disk: Some(overlay),
             run_dir: run_dir.clone(),
-            memory: Memory::File { path: snap.memory(), shared: false },
+            memory,
             incoming: true,
         };
         let t_boot = Instant::now();
-        let mut vm = Qemu::default().launch(spec).inspect_err(|_| {
+        let mut vm = Qemu::default().launch(spec.clone()).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&run_dir);
         })?;
         let loaded = tokio::time::timeout(opts.boot_timeout, async {
@@ -226,13 +264,27 @@ impl Sandbox {
         let (agent, info, died) = attach(&vm, opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
         let mode = CreateMode::Restored(snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let sandbox = Sandbox { id, vm: Mutex::new(Some(vm)), agent, info, accel, died, timings, artifacts, mode };
-        sandbox.finish(&opts.env).await
+        let sandbox = Sandbox {
+            id,
+            vm: Mutex::new(Some(vm)),
+            agent,
+            info,
+            accel,
+            died,
+            timings,
+            artifacts,
+            mode,
+            spec,
+            machine_id: crate::random::hex(16),
+            env: opts.env.clone(),
+            base: None,
+        };
+        sandbox.finish().await
     }
 
-    async fn finish(mut self, env: &[(String, String)]) -> Result<Sandbox, SandboxError> {
+    async fn finish(mut self) -> Result<Sandbox, SandboxError> {
         let t = Instant::now();
-        self.set_identity(env).await?;
+        self.set_identity().await?;
         self.timings.identity = t.elapsed();
         Ok(self)
     }
@@ -243,13 +295,13 @@ impl Sandbox {
     }
 
     /// Sends the sandbox's identity: clock, fresh entropy, hostname, machine id, environment.
-    pub async fn set_identity(&self, env: &[(String, String)]) -> Result<(), SandboxError> {
+    pub async fn set_identity(&self) -> Result<(), SandboxError> {
         let identity = Identity {
             unix_time_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos(),
             entropy: crate::random::bytes(64),
             hostname: self.id.clone(),
-            machine_id: crate::random::hex(16),
-            env: env.to_vec(),
+            machine_id: self.machine_id.clone(),
+            env: self.env.clone(),
         };
         let r = self.agent.set_identity(identity).await;
         self.map_err(r).await

@@ -206,7 +206,7 @@ pub fn load(dir: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
     }
     let record: SnapshotRecord =
         serde_json::from_slice(&bytes).map_err(|e| Unusable::Invalid(format!("snapshot.json is not valid: {e}")))?;
-    let sum = Digest::of_bytes(&serde_json::to_vec(&record.meta).expect("json"));
+    let sum = meta_checksum(&record.meta);
     if sum.hex() != record.checksum {
         return Err(Unusable::Invalid("snapshot.json fails its checksum".into()));
     }
@@ -242,6 +242,12 @@ pub fn load(dir: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
         let _ = write_atomic(&verified_path, &serde_json::to_vec(&now).expect("json"));
     }
     Ok(Snapshot { dir: dir.to_owned(), meta: record.meta })
+}
+
+/// sha256 of the metadata's canonical JSON (keys sorted), as stored in `snapshot.json`.
+pub fn meta_checksum(meta: &SnapshotMeta) -> Digest {
+    let value = serde_json::to_value(meta).expect("json");
+    Digest::of_bytes(&serde_json::to_vec(&value).expect("json"))
 }
 
 /// Finds the snapshot for `expected`.
@@ -297,7 +303,7 @@ pub async fn bake(
             return Err(e);
         }
     };
-    let checksum = Digest::of_bytes(&serde_json::to_vec(&meta).expect("json")).hex().to_owned();
+    let checksum = meta_checksum(&meta).hex().to_owned();
     let record = SnapshotRecord { meta, checksum };
     let publish = (|| -> Result<(), SandboxError> {
         write_atomic(&tmp.join("snapshot.json"), &serde_json::to_vec_pretty(&record).expect("json"))?;

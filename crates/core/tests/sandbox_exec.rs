@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use kiln_core::{ExecRequest, Output, Sandbox, SandboxError};
 use kiln_proto::{ErrorKind, ExitStatus, FileKind};
-use kiln_testkit::TestHome;
+use kiln_testkit::{Boot, TestHome};
 use sha2::{Digest, Sha256};
 
 /// Runs a shell command and collects (stdout, stderr, interleaved log, outcome).
@@ -27,9 +27,15 @@ async fn sh(sbx: &Sandbox, script: &str) -> (String, String, Vec<(char, String)>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_semantics_in_a_booted_vm() {
+async fn exec_semantics() {
+    for how in Boot::ALL {
+        exec_semantics_in(how).await;
+    }
+}
+
+async fn exec_semantics_in(how: Boot) {
     let th = TestHome::new();
-    let sbx = th.boot("tiny").await;
+    let sbx = th.sandbox("tiny", how).await;
 
     // stdout and stderr separated, each in order.
     let (out, err, _, o) = sh(&sbx, "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3").await;
@@ -84,8 +90,14 @@ async fn exec_semantics_in_a_booted_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_whole_process_group() {
+    for how in Boot::ALL {
+        timeout_kills_in(how).await;
+    }
+}
+
+async fn timeout_kills_in(how: Boot) {
     let th = TestHome::new();
-    let sbx = th.boot("tiny").await;
+    let sbx = th.sandbox("tiny", how).await;
     let t0 = Instant::now();
     let req = ExecRequest::shell("sleep 1000 & while :; do :; done").timeout(Duration::from_secs(2));
     let o = sbx.exec(req, |_| {}).await.unwrap();
@@ -110,8 +122,14 @@ async fn timeout_kills_the_whole_process_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_round_trip() {
+    for how in Boot::ALL {
+        files_round_trip_in(how).await;
+    }
+}
+
+async fn files_round_trip_in(how: Boot) {
     let th = TestHome::new();
-    let sbx = th.boot("tiny").await;
+    let sbx = th.sandbox("tiny", how).await;
     let agent = sbx.agent();
 
     // 10 MiB of random bytes, written and read back with the same sha256.

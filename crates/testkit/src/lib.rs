@@ -5,16 +5,33 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kiln_core::sandbox::CreateMode;
 use kiln_core::{Sandbox, SandboxOptions};
 use kiln_image::Home;
+
+/// How a test sandbox starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// Cold boot of the kernel.
+    Cold,
+    /// Restore from the template's baked snapshot.
+    Restored,
+    /// A clone forked from a running (restored, forkable) sandbox, which is then destroyed.
+    Forked,
+}
+
+impl Boot {
+    /// Every way, for tests that must hold for each.
+    pub const ALL: [Boot; 3] = [Boot::Cold, Boot::Restored, Boot::Forked];
+}
 
 /// A home for one test: the shared artifact cache (built once per machine), and a run folder
 /// of its own so leaks can be checked without seeing other tests' VMs.
 pub struct TestHome {
     /// The home.
     pub home: Home,
-    /// The run folder (a temporary folder under /tmp, removed on drop).
-    pub run: tempfile::TempDir,
+    /// The temporary folder holding the run folder (and, when isolated, the home), removed on drop.
+    _tmp: tempfile::TempDir,
 }
 
 impl TestHome {
@@ -22,28 +39,61 @@ impl TestHome {
     pub fn new() -> TestHome {
         let shared = Home::from_env();
         let run = tempfile::Builder::new().prefix("kt-").tempdir_in("/tmp").expect("temp run folder");
-        TestHome { home: Home::at(shared.root(), run.path()), run }
+        TestHome { home: Home::at(shared.root(), run.path()), _tmp: run }
     }
 
     /// Environment variables that point a `kiln` process at this home.
     pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![("KILN_HOME", self.home.root().to_path_buf()), ("KILN_RUN_DIR", self.run.path().to_path_buf())]
+        vec![("KILN_HOME", self.home.root().to_path_buf()), ("KILN_RUN_DIR", self.home.run().to_path_buf())]
     }
 
-    /// Boots a sandbox of `template` by cold boot.
-    pub async fn boot(&self, template: &str) -> Sandbox {
-        let opts = SandboxOptions { template: template.into(), ..SandboxOptions::default() };
-        Sandbox::create(&self.home, &opts, &|m| eprintln!("kiln: {m}")).await.expect("sandbox boots")
+    /// A sandbox of `template` in the given way: cold-booted, or restored from its snapshot
+    /// (baked on first use). Tests of guest behaviour run against both (`Boot::ALL`).
+    pub async fn sandbox(&self, template: &str, how: Boot) -> Sandbox {
+        let opts = SandboxOptions {
+            template: template.into(),
+            cold: how == Boot::Cold,
+            forkable: how == Boot::Forked,
+            ..SandboxOptions::default()
+        };
+        let mut sbx = Sandbox::create(&self.home, &opts, &|m| eprintln!("kiln: {m}")).await.expect("sandbox starts");
+        if how == Boot::Forked {
+            let mut clones = sbx.fork(&self.home, 1).await.expect("fork");
+            sbx.destroy();
+            sbx = clones.pop().expect("one clone");
+        }
+        let mode = match sbx.mode() {
+            CreateMode::Cold => Boot::Cold,
+            CreateMode::Restored(_) => Boot::Restored,
+            CreateMode::Forked(_) => Boot::Forked,
+        };
+        assert_eq!(mode, how, "asked for {how:?}, got {:?}", sbx.mode());
+        sbx
+    }
+
+    /// A home of its own for snapshots (for tests that damage them), sharing the
+    /// read-only artifacts (kernel, images, template records) of the machine's cache.
+    pub fn isolated() -> TestHome {
+        let shared = Home::from_env();
+        let root = tempfile::Builder::new().prefix("kh-").tempdir_in("/tmp").expect("temp home");
+        for sub in ["store", "kernels", "templates"] {
+            std::os::unix::fs::symlink(shared.root().join(sub), root.path().join(sub)).expect("link shared artifacts");
+        }
+        let _ = std::fs::copy(shared.root().join("accel-probe.json"), root.path().join("accel-probe.json"));
+        let run = root.path().join("run");
+        std::fs::create_dir_all(&run).expect("run folder");
+        let home = Home::at(root.path(), &run);
+        TestHome { home, _tmp: root }
     }
 
     /// Processes whose command line mentions this home's run folder (its VMs).
     pub fn vmm_processes(&self) -> Vec<u32> {
-        processes_mentioning(self.run.path())
+        processes_mentioning(self.home.run())
     }
 
     /// Entries left in the run folder.
     pub fn leftovers(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.run.path()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+        std::fs::read_dir(self.home.run()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
     }
 
     /// Asserts that no VM of this home is running and no run folder is left (waiting briefly).

@@ -1,0 +1,209 @@
+//! Forking a running sandbox into N clones.
+//!
+//! A forkable sandbox keeps its RAM in a file of its own, mapped shared. To fork it: sync the
+//! guest, pause it, save its device state (`x-ignore-shared`: RAM stays in the file, so the
+//! save takes tens of milliseconds), and freeze its RAM file and disk overlay as a fork base
+//! (hard links in a folder of the fork's own, mode 0444, never written again). Then every clone
+//! — and the parent itself, since its RAM file is now frozen — is restored from that base: the
+//! clones map the RAM file privately (copy-on-write), the parent on a fresh copy it maps shared
+//! so it can be forked again. Each gets its own disk overlay over the frozen one, and the
+//! clones get identities of their own (hostname, machine id, RNG reseed, clock). The base folder
+//! is removed when the last sandbox resting on it is gone.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_image::Home;
+use kiln_vmm::driver::Memory;
+use kiln_vmm::{Driver, Qemu, QemuVm, VmError, VmSpec};
+
+use crate::agent::{Agent, AgentInfo};
+use crate::error::SandboxError;
+use crate::sandbox::{attach, CreateMode, CreateTimings, Sandbox};
+use crate::snapshot::create_overlay;
+
+/// Most clones one fork may make.
+pub const MAX_FORK: usize = 64;
+
+/// A frozen fork base: `memory`, `state` and `disk.qcow2` in a folder of its own.
+#[derive(Debug)]
+pub struct ForkBase {
+    dir: PathBuf,
+    /// The base this one's disk rests on (a sandbox forked twice).
+    _parent: Option<Arc<ForkBase>>,
+}
+
+impl ForkBase {
+    /// Its folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ForkBase {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
+    move |source| SandboxError::Io { what, source }
+}
+
+type Restored = (QemuVm, Agent, AgentInfo, Arc<Mutex<Option<String>>>, VmSpec, Duration);
+
+/// Starts a VM in `run_dir` from the fork base with the given memory backing, loads the saved
+/// state and waits for the agent.
+async fn restore_from(base: &ForkBase, like: &VmSpec, run_dir: &Path, memory: Memory, timeout: Duration) -> Result<Restored, SandboxError> {
+    let t0 = Instant::now();
+    let overlay = run_dir.join("overlay.qcow2");
+    create_overlay(&base.dir.join("disk.qcow2"), "qcow2", &overlay)?;
+    let spec = VmSpec { run_dir: run_dir.to_owned(), disk: Some(overlay), memory, incoming: true, ..like.clone() };
+    let mut vm = Qemu::default().launch(spec.clone())?;
+    let loaded = tokio::time::timeout(timeout, async {
+        vm.load_state(&base.dir.join("state")).await?;
+        vm.resume().await
+    })
+    .await
+    .unwrap_or_else(|_| Err(VmError::Timeout { what: "the fork state to load", secs: timeout.as_secs_f64(), console: String::new() }));
+    if let Err(e) = loaded {
+        return Err(SandboxError::Protocol(format!("restoring a fork failed: {e} {}", vm.stderr_text())));
+    }
+    let (agent, info, died) = attach(&vm, timeout).await?;
+    Ok((vm, agent, info, died, spec, t0.elapsed()))
+}
+
+impl Sandbox {
+    /// Whether [`Sandbox::fork`] can be used (created with `forkable`).
+    pub fn is_forkable(&self) -> bool {
+        matches!(self.spec.memory, Memory::File { shared: true, .. })
+    }
+
+    /// Forks this sandbox into `count` independent clones, returned in order. The parent keeps
+    /// running (its processes and files intact) after a pause of a few hundred milliseconds.
+    pub async fn fork(&mut self, home: &Home, count: usize) -> Result<Vec<Sandbox>, SandboxError> {
+        if count == 0 || count > MAX_FORK {
+            return Err(SandboxError::Invalid(format!("fork count must be between 1 and {MAX_FORK}, not {count}")));
+        }
+        let Memory::File { path: memory, shared: true } = self.spec.memory.clone() else {
+            return Err(SandboxError::Invalid("this sandbox was not created forkable (create it with forkable=true)".into()));
+        };
+        let disk = self.spec.disk.clone().ok_or_else(|| SandboxError::Invalid("sandbox has no disk".into()))?;
+        let timeout = Duration::from_secs(60);
+
+        // 1. Quiesce and save the parent.
+        let r = self.agent.sync().await;
+        self.map_err(r).await?;
+        let dir = home.run().join(format!("fork-{}", crate::random::hex(6)));
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let base = Arc::new(ForkBase { dir, _parent: self.base.clone() });
+        {
+            let vm = self.vm.get_mut().unwrap_or_else(|e| e.into_inner());
+            let vm = vm.as_mut().ok_or_else(|| SandboxError::Invalid("the sandbox was destroyed".into()))?;
+            vm.pause().await?;
+            vm.save_state(&base.dir.join("state")).await?;
+        }
+        // 2. Freeze its RAM file and disk overlay as the base (same inodes, new names).
+        for (from, name) in [(&memory, "memory"), (&disk, "disk.qcow2"), (&base.dir.join("state"), "state")] {
+            let to = base.dir.join(name);
+            if from != &to {
+                std::fs::hard_link(from, &to).map_err(io(format!("link {} into the fork", from.display())))?;
+            }
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o444)).map_err(io(format!("freeze {}", to.display())))?;
+        }
+        // 3. The parent's old VMM ends; its run folder is recreated for the restarted one.
+        self.kill();
+        let run_dir = self.spec.run_dir.clone();
+        std::fs::create_dir_all(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
+        let own = run_dir.join("memory");
+        std::fs::copy(base.dir.join("memory"), &own).map_err(io(format!("copy the fork's memory to {}", own.display())))?;
+        std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io(format!("chmod {}", own.display())))?;
+
+        // 4. Restart the parent and start the clones, all at once.
+        let like = self.spec.clone();
+        let parent = restore_from(&base, &like, &run_dir, Memory::File { path: own, shared: true }, timeout);
+        let children = futures_join_all((0..count).map(|_| {
+            let base = base.clone();
+            let like = like.clone();
+            async move {
+                let (id, run_dir) = Sandbox::new_run_dir(home)?;
+                let memory = Memory::File { path: base.dir.join("memory"), shared: false };
+                let r = restore_from(&base, &like, &run_dir, memory, timeout).await;
+                if r.is_err() {
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                }
+                r.map(|r| (id, r))
+            }
+        }));
+        let (parent, children) = tokio::join!(parent, children);
+
+        let (vm, agent, info, died, spec, boot) = parent?;
+        *self.vm.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(vm);
+        self.agent = agent;
+        self.info = info;
+        self.died = died;
+        self.spec = spec;
+        self.base = Some(base.clone());
+        self.set_identity().await?;
+
+        let mut clones = Vec::with_capacity(count);
+        let mut first_err = None;
+        for c in children {
+            match c {
+                Ok((id, (vm, agent, info, died, spec, boot))) => clones.push(Sandbox {
+                    id,
+                    vm: Mutex::new(Some(vm)),
+                    agent,
+                    info,
+                    accel: self.accel,
+                    died,
+                    timings: CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO },
+                    artifacts: self.artifacts.clone(),
+                    mode: CreateMode::Forked(self.id.clone()),
+                    spec,
+                    machine_id: crate::random::hex(16),
+                    env: self.env.clone(),
+                    base: Some(base.clone()),
+                }),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e); // the clones that did start are dropped, and so killed
+        }
+        let _ = boot;
+        let identities = futures_join_all(clones.iter().map(|c| c.set_identity())).await;
+        identities.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(clones)
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("all ready")).collect()
+}
