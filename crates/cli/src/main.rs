@@ -2,10 +2,12 @@
 //! mapping errors to documented exit codes; the work is in the libraries.
 #![forbid(unsafe_code)]
 
+mod cmd_bench;
 mod cmd_doctor;
 mod cmd_run;
 mod cmd_template;
 mod exit;
+mod smaps;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,9 @@ enum Cmd {
     Template(cmd_template::TemplateCmd),
     /// Check that this host can run kiln, and say what to fix.
     Doctor(cmd_doctor::DoctorArgs),
+    /// Measure create, fork and exec against baselines taken in the same run.
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCmd),
 }
 
 fn main() {
@@ -54,6 +59,7 @@ fn main() {
             Cmd::Run(a) => cmd_run::run(a).await,
             Cmd::Template(t) => cmd_template::run(t).await,
             Cmd::Doctor(a) => cmd_doctor::run(a).await,
+            Cmd::Bench(b) => cmd_bench::run(b).await,
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

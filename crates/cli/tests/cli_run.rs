@@ -125,3 +125,39 @@ fn base_template_has_git() {
     assert!(text(&o.stdout).starts_with("git version"), "{}", text(&o.stdout));
     th.assert_clean();
 }
+
+#[test]
+fn restores_by_default_with_a_new_boot_id_each_time() {
+    let th = TestHome::new();
+    let run = || kiln(&th, &["run", "-v", "--template", "tiny", "--", "cat", "/proc/sys/kernel/random/boot_id"]);
+    let (a, b) = (run(), run());
+    for o in [&a, &b] {
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("by restore from snapshot tiny-"), "{}", text(&o.stderr));
+    }
+    assert_eq!(text(&a.stdout).trim().len(), 36);
+    assert_ne!(text(&a.stdout), text(&b.stdout));
+    let cold = kiln(&th, &["run", "-v", "--cold", "--", "true"]);
+    assert!(text(&cold.stderr).contains("by cold boot"), "{}", text(&cold.stderr));
+    th.assert_clean();
+}
+
+#[test]
+fn bench_reports_ratios_as_json() {
+    let th = TestHome::new();
+    let o = kiln(&th, &["bench", "create", "-n", "3", "--cold", "1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let ratio = v["ratio_restore_to_cold_p50"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{v}");
+    assert_eq!(v["restore"]["n"], 3);
+    let o = kiln(&th, &["bench", "exec", "-n", "20", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["guest_exec"]["p50_ms"].as_f64().unwrap() > 0.0);
+    let o = kiln(&th, &["bench", "fork", "-n", "2", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["clone_private_guest_mib"].as_array().unwrap().len(), 2);
+    th.assert_clean();
+}

@@ -23,6 +23,15 @@ use crate::error::SandboxError;
 use crate::sandbox::{attach, CreateMode, CreateTimings, Sandbox};
 use crate::snapshot::create_overlay;
 
+/// Where the time of the last fork went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkTiming {
+    /// From the start of the fork until every clone answered and had its identity.
+    pub clones_answering: Duration,
+    /// Until the parent was running again.
+    pub parent_back: Duration,
+}
+
 /// Most clones one fork may make.
 pub const MAX_FORK: usize = 64;
 
@@ -30,6 +39,7 @@ pub const MAX_FORK: usize = 64;
 #[derive(Debug)]
 pub struct ForkBase {
     dir: PathBuf,
+    memory: PathBuf,
     /// The base this one's disk rests on (a sandbox forked twice).
     _parent: Option<Arc<ForkBase>>,
 }
@@ -44,6 +54,7 @@ impl ForkBase {
 impl Drop for ForkBase {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.memory);
     }
 }
 
@@ -75,6 +86,11 @@ async fn restore_from(base: &ForkBase, like: &VmSpec, run_dir: &Path, memory: Me
 }
 
 impl Sandbox {
+    /// Timing of this sandbox's last fork.
+    pub fn last_fork_timing(&self) -> Option<ForkTiming> {
+        self.fork_timing
+    }
+
     /// Whether [`Sandbox::fork`] can be used (created with `forkable`).
     pub fn is_forkable(&self) -> bool {
         matches!(self.spec.memory, Memory::File { shared: true, .. })
@@ -92,12 +108,14 @@ impl Sandbox {
         let disk = self.spec.disk.clone().ok_or_else(|| SandboxError::Invalid("sandbox has no disk".into()))?;
         let timeout = Duration::from_secs(60);
 
+        let t_fork = Instant::now();
         // 1. Quiesce and save the parent.
         let r = self.agent.sync().await;
         self.map_err(r).await?;
-        let dir = home.run().join(format!("fork-{}", crate::random::hex(6)));
+        let name = format!("fork-{}", crate::random::hex(6));
+        let dir = home.run().join(&name);
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let base = Arc::new(ForkBase { dir, _parent: self.base.clone() });
+        let base = Arc::new(ForkBase { dir, memory: home.shm().join(format!("{name}.memory")), _parent: self.base.clone() });
         {
             let vm = self.vm.get_mut().unwrap_or_else(|e| e.into_inner());
             let vm = vm.as_mut().ok_or_else(|| SandboxError::Invalid("the sandbox was destroyed".into()))?;
@@ -105,40 +123,77 @@ impl Sandbox {
             vm.save_state(&base.dir.join("state")).await?;
         }
         // 2. Freeze its RAM file and disk overlay as the base (same inodes, new names).
-        for (from, name) in [(&memory, "memory"), (&disk, "disk.qcow2"), (&base.dir.join("state"), "state")] {
-            let to = base.dir.join(name);
+        for (from, to) in [(&memory, base.memory.clone()), (&disk, base.dir.join("disk.qcow2")), (&base.dir.join("state"), base.dir.join("state"))] {
             if from != &to {
                 std::fs::hard_link(from, &to).map_err(io(format!("link {} into the fork", from.display())))?;
             }
             std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o444)).map_err(io(format!("freeze {}", to.display())))?;
         }
-        // 3. The parent's old VMM ends; its run folder is recreated for the restarted one.
+        // 3. The parent's old VMM ends; its run folder is recreated for the restarted one, which
+        //    runs on a copy of the frozen RAM (made while the clones start) so it stays forkable.
         self.kill();
         let run_dir = self.spec.run_dir.clone();
         std::fs::create_dir_all(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
-        let own = run_dir.join("memory");
-        std::fs::copy(base.dir.join("memory"), &own).map_err(io(format!("copy the fork's memory to {}", own.display())))?;
-        std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io(format!("chmod {}", own.display())))?;
+        let own = crate::sandbox::own_memory(home, &self.id)?;
 
-        // 4. Restart the parent and start the clones, all at once.
+        // 4. Restart the parent and start the clones, all at once; each clone is told who it is
+        //    as soon as it answers.
         let like = self.spec.clone();
-        let parent = restore_from(&base, &like, &run_dir, Memory::File { path: own, shared: true }, timeout);
+        let parent = async {
+            let (from, to) = (base.memory.clone(), own.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::sparse::copy(&from, &to)?;
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            })
+            .await
+            .expect("copy task")
+            .map_err(io(format!("copy the fork's memory to {}", own.display())))?;
+            restore_from(&base, &like, &run_dir, Memory::File { path: own.clone(), shared: true }, timeout).await
+        };
+        let (accel, artifacts, env, parent_id) = (self.accel, self.artifacts.clone(), self.env.clone(), self.id.clone());
         let children = futures_join_all((0..count).map(|_| {
-            let base = base.clone();
-            let like = like.clone();
+            let (base, like, artifacts, env, parent_id) = (base.clone(), like.clone(), artifacts.clone(), env.clone(), parent_id.clone());
             async move {
                 let (id, run_dir) = Sandbox::new_run_dir(home)?;
-                let memory = Memory::File { path: base.dir.join("memory"), shared: false };
-                let r = restore_from(&base, &like, &run_dir, memory, timeout).await;
-                if r.is_err() {
-                    let _ = std::fs::remove_dir_all(&run_dir);
-                }
-                r.map(|r| (id, r))
+                let memory = Memory::File { path: base.memory.clone(), shared: false };
+                let (vm, agent, info, died, spec, boot) = match restore_from(&base, &like, &run_dir, memory, timeout).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&run_dir);
+                        return Err(e);
+                    }
+                };
+                let clone = Sandbox {
+                    id,
+                    vm: Mutex::new(Some(vm)),
+                    agent,
+                    info,
+                    accel,
+                    died,
+                    timings: CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO },
+                    artifacts,
+                    mode: CreateMode::Forked(parent_id),
+                    spec,
+                    machine_id: crate::random::hex(16),
+                    env,
+                    base: Some(base),
+                    fork_timing: None,
+                };
+                let t = Instant::now();
+                clone.set_identity().await?;
+                let mut clone = clone;
+                clone.timings.identity = t.elapsed();
+                Ok(clone)
             }
         }));
-        let (parent, children) = tokio::join!(parent, children);
+        // The clones first (they are what the caller waits for), then the parent: on a
+        // loaded host the VMs compete for the same cores.
+        let children = children.await;
+        let answered = Instant::now();
+        let parent = parent.await;
+        self.fork_timing = Some(ForkTiming { clones_answering: answered - t_fork, parent_back: t_fork.elapsed() });
 
-        let (vm, agent, info, died, spec, boot) = parent?;
+        let (vm, agent, info, died, spec, _boot) = parent?;
         *self.vm.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(vm);
         self.agent = agent;
         self.info = info;
@@ -147,37 +202,8 @@ impl Sandbox {
         self.base = Some(base.clone());
         self.set_identity().await?;
 
-        let mut clones = Vec::with_capacity(count);
-        let mut first_err = None;
-        for c in children {
-            match c {
-                Ok((id, (vm, agent, info, died, spec, boot))) => clones.push(Sandbox {
-                    id,
-                    vm: Mutex::new(Some(vm)),
-                    agent,
-                    info,
-                    accel: self.accel,
-                    died,
-                    timings: CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO },
-                    artifacts: self.artifacts.clone(),
-                    mode: CreateMode::Forked(self.id.clone()),
-                    spec,
-                    machine_id: crate::random::hex(16),
-                    env: self.env.clone(),
-                    base: Some(base.clone()),
-                }),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e); // the clones that did start are dropped, and so killed
-        }
-        let _ = boot;
-        let identities = futures_join_all(clones.iter().map(|c| c.set_identity())).await;
-        identities.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(clones)
+        // A failed clone fails the fork; the clones that did start are dropped, and so killed.
+        children.into_iter().collect()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fork;
 pub mod random;
 pub mod sandbox;
 pub mod snapshot;
+pub mod sparse;
 
 pub use agent::Agent;
 pub use error::SandboxError;

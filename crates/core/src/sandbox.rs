@@ -96,6 +96,8 @@ pub struct Sandbox {
     pub(crate) env: Vec<(String, String)>,
     /// The fork snapshot this sandbox's disk (and, for clones, memory) rests on.
     pub(crate) base: Option<Arc<crate::fork::ForkBase>>,
+    /// Timing of the last fork of this sandbox.
+    pub(crate) fork_timing: Option<crate::fork::ForkTiming>,
 }
 
 fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
@@ -107,6 +109,12 @@ fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
         return Err(SandboxError::Invalid(format!("--memory must be between 64 and 65536 MiB, not {memory_mib}")));
     }
     Ok(())
+}
+
+/// The path of a forkable sandbox's own RAM file (in the home's tmpfs folder).
+pub(crate) fn own_memory(home: &Home, id: &str) -> Result<PathBuf, SandboxError> {
+    std::fs::create_dir_all(home.shm()).map_err(|source| SandboxError::Io { what: format!("create {}", home.shm().display()), source })?;
+    Ok(home.shm().join(format!("{id}.memory")))
 }
 
 /// The QEMU version line, asked once per process.
@@ -176,7 +184,7 @@ impl Sandbox {
             accel,
             disk: Some(overlay),
             run_dir: run_dir.clone(),
-            memory: if opts.forkable { Memory::File { path: run_dir.join("memory"), shared: true } } else { Memory::Anonymous },
+            memory: if opts.forkable { Memory::File { path: own_memory(home, &id)?, shared: true } } else { Memory::Anonymous },
             incoming: false,
         };
         let t_boot = Instant::now();
@@ -199,6 +207,7 @@ impl Sandbox {
             machine_id: crate::random::hex(16),
             env: opts.env.clone(),
             base: None,
+            fork_timing: None,
         };
         sandbox.finish().await
     }
@@ -220,8 +229,8 @@ impl Sandbox {
         }
         let memory = if opts.forkable {
             // A private, writable copy of the template's RAM that this sandbox maps shared.
-            let own = run_dir.join("memory");
-            if let Err(source) = std::fs::copy(snap.memory(), &own) {
+            let own = own_memory(home, &id)?;
+            if let Err(source) = crate::sparse::copy(&snap.memory(), &own) {
                 let _ = std::fs::remove_dir_all(&run_dir);
                 return Err(SandboxError::Io { what: format!("copy {}", snap.memory().display()), source });
             }
@@ -278,6 +287,7 @@ impl Sandbox {
             machine_id: crate::random::hex(16),
             env: opts.env.clone(),
             base: None,
+            fork_timing: None,
         };
         sandbox.finish().await
     }
@@ -384,6 +394,10 @@ impl Sandbox {
         if let Some(mut vm) = self.vm.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.agent.channel.poison("the sandbox was destroyed");
             vm.kill();
+        }
+        // A forkable sandbox's RAM file is its own (fork bases hold their own link to it).
+        if let Memory::File { path, shared: true } = &self.spec.memory {
+            let _ = std::fs::remove_file(path);
         }
     }
 

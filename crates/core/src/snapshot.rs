@@ -1,8 +1,10 @@
 //! Baked snapshots of templates, and their validation.
 //!
-//! A snapshot is a folder `KILN_HOME/snapshots/<template>-<key>/` holding:
-//! - `memory`: guest RAM, written through a shared mapping while the template VM ran, then
-//!   frozen (mode 0444; kiln never opens it for writing; clones map it privately, copy-on-write);
+//! A snapshot is a folder `KILN_HOME/snapshots/<template>-<key>/` and a RAM file:
+//! - `memory` (in [`Home::shm`], a tmpfs, as `<template>-<key>.memory`): guest RAM, written
+//!   through a shared mapping while the template VM ran, then frozen (mode 0444; kiln never
+//!   opens it for writing; clones map it privately, copy-on-write). A tmpfs does not survive a
+//!   reboot; the snapshot is then re-baked on first use;
 //! - `state`: QEMU device state (`migrate` with `x-ignore-shared`, so RAM is not in it);
 //! - `disk.qcow2`: the template VM's disk overlay over the read-only rootfs image, frozen; each
 //!   clone writes to its own overlay on top of it;
@@ -160,6 +162,8 @@ impl Expected {
 pub struct Snapshot {
     /// Its folder.
     pub dir: PathBuf,
+    /// Its RAM file.
+    pub memory: PathBuf,
     /// Its metadata.
     pub meta: SnapshotMeta,
 }
@@ -167,7 +171,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// The memory file.
     pub fn memory(&self) -> PathBuf {
-        self.dir.join("memory")
+        self.memory.clone()
+    }
+    /// One of [`FILES`] by name.
+    pub fn file(&self, name: &str) -> PathBuf {
+        file_path(&self.dir, &self.memory, name)
     }
     /// The device state file.
     pub fn state(&self) -> PathBuf {
@@ -193,8 +201,16 @@ fn fingerprint(path: &Path) -> Option<(u64, i64, i64, u64)> {
     Some((m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
 }
 
-/// Loads and validates the snapshot at `dir` against `expected`.
-pub fn load(dir: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
+fn file_path(dir: &Path, memory: &Path, name: &str) -> PathBuf {
+    if name == "memory" {
+        memory.to_owned()
+    } else {
+        dir.join(name)
+    }
+}
+
+/// Loads and validates the snapshot at `dir` (RAM file `memory`) against `expected`.
+pub fn load(dir: &Path, memory: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
     let record_path = dir.join("snapshot.json");
     let bytes = match std::fs::read(&record_path) {
         Ok(b) => b,
@@ -224,7 +240,7 @@ pub fn load(dir: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
         let Some((_, digest, size)) = record.meta.files.iter().find(|(n, _, _)| n == name) else {
             return Err(Unusable::Invalid(format!("snapshot.json lists no {name}")));
         };
-        let path = dir.join(name);
+        let path = file_path(dir, memory, name);
         let fp = fingerprint(&path).ok_or_else(|| Unusable::Invalid(format!("{name} is missing")))?;
         if fp.0 != *size {
             return Err(Unusable::Invalid(format!("{name} is {} bytes, expected {size} (truncated?)", fp.0)));
@@ -241,7 +257,7 @@ pub fn load(dir: &Path, expected: &Expected) -> Result<Snapshot, Unusable> {
     if !all_current {
         let _ = write_atomic(&verified_path, &serde_json::to_vec(&now).expect("json"));
     }
-    Ok(Snapshot { dir: dir.to_owned(), meta: record.meta })
+    Ok(Snapshot { dir: dir.to_owned(), memory: memory.to_owned(), meta: record.meta })
 }
 
 /// sha256 of the metadata's canonical JSON (keys sorted), as stored in `snapshot.json`.
@@ -252,7 +268,12 @@ pub fn meta_checksum(meta: &SnapshotMeta) -> Digest {
 
 /// Finds the snapshot for `expected`.
 pub fn find(home: &Home, expected: &Expected) -> Result<Snapshot, Unusable> {
-    load(&home.snapshots().join(expected.dir_name()), expected)
+    load(&home.snapshots().join(expected.dir_name()), &memory_path(home, expected), expected)
+}
+
+/// Where the RAM file of the snapshot for `expected` lives.
+pub fn memory_path(home: &Home, expected: &Expected) -> PathBuf {
+    home.shm().join(format!("{}.memory", expected.dir_name()))
 }
 
 /// Creates a qcow2 overlay over `base` (format `base_format`).
@@ -284,15 +305,19 @@ pub async fn bake(
 ) -> Result<Snapshot, SandboxError> {
     let _lock = kiln_image::lock::FileLock::acquire(&home.locks().join(format!("bake-{}.lock", expected.dir_name())))?;
     let final_dir = home.snapshots().join(expected.dir_name());
-    if let Ok(s) = load(&final_dir, expected) {
+    let final_mem = memory_path(home, expected);
+    if let Ok(s) = load(&final_dir, &final_mem, expected) {
         return Ok(s); // baked by someone else while we waited
     }
     let t0 = Instant::now();
     progress(&format!("baking a snapshot of template {} ({} vCPU, {} MiB, {})", expected.template, expected.cpus, expected.memory_mib, expected.accel));
     let tmp = home.snapshots().join(format!(".bake-{}-{}", expected.dir_name(), std::process::id()));
+    let tmp_mem = home.shm().join(format!(".bake-{}-{}.memory", expected.dir_name(), std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_file(&tmp_mem);
     std::fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-    let result = bake_into(home, artifacts, expected, &tmp, boot_timeout).await;
+    std::fs::create_dir_all(home.shm()).map_err(io(format!("create {}", home.shm().display())))?;
+    let result = bake_into(home, artifacts, expected, &tmp, &tmp_mem, boot_timeout).await;
     let meta = match result {
         Ok(mut meta) => {
             meta.bake_ms = t0.elapsed().as_millis() as u64;
@@ -300,6 +325,7 @@ pub async fn bake(
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_file(&tmp_mem);
             return Err(e);
         }
     };
@@ -307,8 +333,10 @@ pub async fn bake(
     let record = SnapshotRecord { meta, checksum };
     let publish = (|| -> Result<(), SandboxError> {
         write_atomic(&tmp.join("snapshot.json"), &serde_json::to_vec_pretty(&record).expect("json"))?;
+        // The RAM file moves first: a folder without its RAM file is never used.
+        std::fs::rename(&tmp_mem, &final_mem).map_err(io(format!("publish {}", final_mem.display())))?;
         let verified: Vec<(String, (u64, i64, i64, u64))> =
-            FILES.iter().filter_map(|n| Some(((*n).to_owned(), fingerprint(&tmp.join(n))?))).collect();
+            FILES.iter().filter_map(|n| Some(((*n).to_owned(), fingerprint(&file_path(&tmp, &final_mem, n))?))).collect();
         write_atomic(&tmp.join("verified"), &serde_json::to_vec(&verified).expect("json"))?;
         if final_dir.exists() {
             // An invalid snapshot: move it aside first; running clones keep their open files.
@@ -320,16 +348,49 @@ pub async fn bake(
     })();
     if let Err(e) = publish {
         let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_file(&tmp_mem);
         return Err(e);
     }
+    prune(home, expected);
     progress(&format!("snapshot {} baked in {:.1}s", expected.dir_name(), t0.elapsed().as_secs_f64()));
-    Ok(Snapshot { dir: final_dir, meta: record.meta })
+    Ok(Snapshot { dir: final_dir, memory: final_mem, meta: record.meta })
 }
 
-async fn bake_into(home: &Home, a: &BootArtifacts, expected: &Expected, dir: &Path, boot_timeout: Duration) -> Result<SnapshotMeta, SandboxError> {
+/// Removes older snapshots of the same template and machine shape (made from other artifacts
+/// or another QEMU): they can never be used again. Running clones keep their open files.
+fn prune(home: &Home, expected: &Expected) {
+    let keep = expected.dir_name();
+    let prefix = format!("{}-", expected.template);
+    for e in std::fs::read_dir(home.snapshots()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == keep || !name.starts_with(&prefix) || name[prefix.len()..].contains('-') {
+            continue;
+        }
+        let Some(meta) = std::fs::read(e.path().join("snapshot.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SnapshotRecord>(&b).ok())
+            .map(|r| r.meta)
+        else {
+            continue;
+        };
+        if meta.cpus == expected.cpus && meta.memory_mib == expected.memory_mib && meta.accel == expected.accel {
+            let _ = std::fs::remove_dir_all(e.path());
+            let _ = std::fs::remove_file(home.shm().join(format!("{name}.memory")));
+        }
+    }
+}
+
+async fn bake_into(
+    home: &Home,
+    a: &BootArtifacts,
+    expected: &Expected,
+    dir: &Path,
+    memory: &Path,
+    boot_timeout: Duration,
+) -> Result<SnapshotMeta, SandboxError> {
     let disk = dir.join("disk.qcow2");
     create_overlay(&a.rootfs_path, "raw", &disk)?;
-    let memory = dir.join("memory");
+    let memory = memory.to_owned();
     let cmdline = a.kernel.cmdline(kiln_image::kernel::host_tsc_khz(), "kiln.root=/dev/vda kiln.hostname=kiln-template");
     let run_dir = home.run().join(format!("bake-{}", crate::random::hex(4)));
     let spec = VmSpec {
@@ -354,7 +415,7 @@ async fn bake_into(home: &Home, a: &BootArtifacts, expected: &Expected, dir: &Pa
     vm.kill();
     let mut files = Vec::new();
     for name in FILES {
-        let p = dir.join(name);
+        let p = file_path(dir, &memory, name);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).map_err(io(format!("freeze {}", p.display())))?;
         let size = std::fs::metadata(&p).map_err(io(format!("stat {}", p.display())))?.len();
         files.push((name.to_owned(), Digest::of_file(&p)?, size));
@@ -443,11 +504,12 @@ mod tests {
     fn missing_and_damaged_records() {
         let t = tempfile::tempdir().unwrap();
         let e = expected();
-        assert_eq!(load(&t.path().join("none"), &e).unwrap_err(), Unusable::Missing);
+        let mem = t.path().join("m");
+        assert_eq!(load(&t.path().join("none"), &mem, &e).unwrap_err(), Unusable::Missing);
         std::fs::write(t.path().join("snapshot.json"), b"{not json").unwrap();
-        assert!(matches!(load(t.path(), &e), Err(Unusable::Invalid(m)) if m.contains("not valid")));
+        assert!(matches!(load(t.path(), &mem, &e), Err(Unusable::Invalid(m)) if m.contains("not valid")));
         let record = SnapshotRecord { meta: meta_for(&e), checksum: "0".repeat(64) };
         std::fs::write(t.path().join("snapshot.json"), serde_json::to_vec(&record).unwrap()).unwrap();
-        assert!(matches!(load(t.path(), &e), Err(Unusable::Invalid(m)) if m.contains("checksum")));
+        assert!(matches!(load(t.path(), &mem, &e), Err(Unusable::Invalid(m)) if m.contains("checksum")));
     }
 }

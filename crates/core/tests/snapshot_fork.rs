@@ -56,12 +56,12 @@ async fn clones_of_one_snapshot_are_different_machines() {
 async fn template_unchanged_after_clones_write_heavily() {
     let th = TestHome::new();
     let first = restored(&th).await;
-    let snap_dir = match first.mode() {
-        CreateMode::Restored(name) => th.home.snapshots().join(name),
-        m => panic!("{m:?}"),
-    };
+    assert!(matches!(first.mode(), CreateMode::Restored(_)));
+    let artifacts = first.artifacts().clone();
     drop(first);
-    let digest = |n: &str| Digest::of_file(&snap_dir.join(n)).unwrap();
+    let expected = Expected::new(&artifacts, qemu_version().unwrap(), kiln_core::accel::resolve(&th.home, Default::default()).await.unwrap().0, 1, 256);
+    let snap = snapshot::find(&th.home, &expected).unwrap();
+    let digest = |n: &str| Digest::of_file(&snap.file(n)).unwrap();
     let before: Vec<Digest> = snapshot::FILES.iter().map(|n| digest(n)).collect();
     let rootfs = kiln_image::BuiltTemplate::load(&th.home, "tiny").unwrap().rootfs;
     for round in 0..2 {
@@ -91,19 +91,19 @@ async fn damaged_or_foreign_snapshots_are_rebaked_never_restored() {
     let expected = Expected::new(&artifacts, qemu_version().unwrap(), accel, 1, 256);
     assert_eq!(snapshot::find(&th.home, &expected).unwrap_err(), Unusable::Missing);
     let snap = ensure_snapshot(&th.home, &artifacts, accel, 1, 256, Duration::from_secs(60), &log).await.unwrap();
-    let dir = snap.dir.clone();
+    let file = |n: &str| snap.file(n);
     let make = || async {
         let opts = SandboxOptions::default();
         tokio::time::timeout(Duration::from_secs(120), Sandbox::create(&th.home, &opts, &log)).await.expect("no hang").unwrap()
     };
     let unfreeze = |f: &str| {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(file(f), std::fs::Permissions::from_mode(0o644)).unwrap();
     };
 
     // Truncated memory file.
     unfreeze("memory");
-    let f = std::fs::OpenOptions::new().write(true).open(dir.join("memory")).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(file("memory")).unwrap();
     f.set_len(4096).unwrap();
     drop(f);
     match snapshot::find(&th.home, &expected) {
@@ -117,10 +117,10 @@ async fn damaged_or_foreign_snapshots_are_rebaked_never_restored() {
 
     // A flipped byte in the device state (same size).
     unfreeze("state");
-    let mut bytes = std::fs::read(dir.join("state")).unwrap();
+    let mut bytes = std::fs::read(file("state")).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
-    std::fs::write(dir.join("state"), &bytes).unwrap();
+    std::fs::write(file("state"), &bytes).unwrap();
     match snapshot::find(&th.home, &expected) {
         Err(Unusable::Invalid(m)) => assert!(m.contains("checksum"), "{m}"),
         other => panic!("{other:?}"),
@@ -128,17 +128,17 @@ async fn damaged_or_foreign_snapshots_are_rebaked_never_restored() {
     drop(make().await);
 
     // Missing disk.
-    std::fs::remove_file(dir.join("disk.qcow2")).unwrap();
+    std::fs::remove_file(file("disk.qcow2")).unwrap();
     assert!(matches!(snapshot::find(&th.home, &expected), Err(Unusable::Invalid(m)) if m.contains("missing")));
     drop(make().await);
 
     // Metadata of another QEMU version and machine shape, with a valid checksum: refused.
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(file("snapshot.json")).unwrap()).unwrap();
     v["meta"]["qemu"] = "QEMU emulator version 9.9.9".into();
     v["meta"]["memory_mib"] = 512.into();
     let sum = Digest::of_bytes(&serde_json::to_vec(&v["meta"]).unwrap());
     v["checksum"] = sum.hex().into();
-    std::fs::write(dir.join("snapshot.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    std::fs::write(file("snapshot.json"), serde_json::to_vec(&v).unwrap()).unwrap();
     match snapshot::find(&th.home, &expected) {
         Err(Unusable::Invalid(m)) => assert!(m.contains("QEMU version is QEMU emulator version 9.9.9") && m.contains("512 MiB"), "{m}"),
         other => panic!("{other:?}"),

@@ -14,8 +14,12 @@ impl CpioWriter {
     }
 
     fn header(&mut self, name: &str, mode: u32, size: usize) {
+        self.header_dev(name, mode, size, (0, 0));
+    }
+
+    fn header_dev(&mut self, name: &str, mode: u32, size: usize, rdev: (u32, u32)) {
         let namesize = name.len() + 1;
-        let fields = [self.ino, mode, 0, 0, 1, 0, size as u32, 0, 0, 0, 0, namesize as u32, 0];
+        let fields = [self.ino, mode, 0, 0, 1, 0, size as u32, 0, 0, rdev.0, rdev.1, namesize as u32, 0];
         self.ino += 1;
         self.out.extend_from_slice(b"070701");
         for f in fields {
@@ -49,6 +53,11 @@ impl CpioWriter {
         self.header(name, 0o120000 | 0o777, target.len());
         self.out.extend_from_slice(target.as_bytes());
         self.pad();
+    }
+
+    /// Adds a character device node.
+    pub fn chardev(&mut self, name: &str, perm: u32, major: u32, minor: u32) {
+        self.header_dev(name, 0o020000 | perm, 0, (major, minor));
     }
 
     /// Ends the archive and returns its bytes.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 pub struct Home {
     root: PathBuf,
     run: PathBuf,
+    shm: PathBuf,
 }
 
 impl Home {
@@ -24,12 +25,15 @@ impl Home {
             home.join(".local/share/kiln")
         };
         let run = std::env::var_os("KILN_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("run"));
-        Home { root, run }
+        let shm = std::env::var_os("KILN_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| default_shm(&root));
+        Home { root, run, shm }
     }
 
     /// Explicit folders (tests).
     pub fn at(root: impl Into<PathBuf>, run: impl Into<PathBuf>) -> Home {
-        Home { root: root.into(), run: run.into() }
+        let root = root.into();
+        let shm = default_shm(&root);
+        Home { root, run: run.into(), shm }
     }
 
     /// The root of the persistent folder.
@@ -60,8 +64,21 @@ impl Home {
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    /// Guest RAM files (snapshots, forkable sandboxes, fork bases): in a tmpfs, where the
+    /// host cannot page them out behind kiln's back the way it can reclaim page cache.
+    /// `KILN_SHM_DIR`, else `/dev/shm/kiln-<digest of the home path>`.
+    pub fn shm(&self) -> &Path {
+        &self.shm
+    }
+
     /// Per-VM run folders.
     pub fn run(&self) -> &Path {
         &self.run
     }
+}
+
+fn default_shm(root: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    PathBuf::from(format!("/dev/shm/kiln-{}", &hex::encode(d)[..12]))
 }

@@ -86,6 +86,8 @@ pub fn ensure(home: &Home, kernel: &Kernel, agent: &Path) -> Result<Digest> {
     for d in ["dev", "proc", "sys", "newroot", "tmp"] {
         w.dir(d, 0o755);
     }
+    // So the agent's earliest messages (before devtmpfs is mounted) reach the serial console.
+    w.chardev("dev/console", 0o600, 5, 1);
     w.file("init", 0o755, &agent_bytes);
     store.put_bytes(&w.finish(), &home.tmp())
 }

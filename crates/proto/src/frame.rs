@@ -49,6 +49,7 @@ impl FrameDecoder {
     }
 
     /// Takes the next complete message, if one is buffered.
+    #[allow(clippy::should_implement_trait)] // fallible, and generic over the message type
     ///
     /// An oversized length prefix is an error as soon as the prefix is seen, so a hostile peer
     /// cannot make the decoder buffer more than one maximal frame.
@@ -75,6 +76,36 @@ impl FrameDecoder {
         } else {
             Err(DecodeError::Truncated(self.buf.len()))
         }
+    }
+
+    /// Drops everything before the first complete frame that decodes as a message `accept`
+    /// approves of, and returns that message. Used to find the start of a new conversation in a
+    /// stream that may begin with the tail of an old one (bytes a guest wrote to a host that
+    /// has gone). Returns `None` (keeping the bytes) if no such frame is complete yet.
+    pub fn resync<T: DeserializeOwned>(&mut self, accept: impl Fn(&T) -> bool) -> Option<T> {
+        // Positions before the first frame that is still incomplete can never start the
+        // wanted frame once rejected, so they are dropped: the buffer stays near one frame.
+        let mut keep_from = None;
+        for start in 0..self.buf.len().saturating_sub(3) {
+            let b = &self.buf[start..];
+            let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if len == 0 || len > MAX_FRAME {
+                continue;
+            }
+            if b.len() < 4 + len {
+                keep_from.get_or_insert(start);
+                continue;
+            }
+            if let Ok(msg) = postcard::from_bytes::<T>(&b[4..4 + len]) {
+                if accept(&msg) {
+                    self.buf.drain(..start + 4 + len);
+                    return Some(msg);
+                }
+            }
+        }
+        let drop_to = keep_from.unwrap_or(self.buf.len().saturating_sub(3));
+        self.buf.drain(..drop_to);
+        None
     }
 
     /// Bytes buffered but not yet decoded.
@@ -134,6 +165,21 @@ mod tests {
         let mut d = FrameDecoder::new();
         d.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
         assert!(matches!(d.next::<HostMsg>(), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn resync_skips_a_stale_tail() {
+        let mut stale = encode(&GuestMsg::Stdout { id: 3, data: vec![7; 100] });
+        stale.drain(..10); // the head went to the previous host
+        let mut d = FrameDecoder::new();
+        d.push(&stale);
+        let hello = GuestMsg::HelloAck { id: 99, version: 1, agent: "a".into(), kernel: "k".into() };
+        let ok = |m: &GuestMsg| matches!(m, GuestMsg::HelloAck { id: 99, .. });
+        assert_eq!(d.resync::<GuestMsg>(ok), None);
+        d.push(&encode(&hello));
+        d.push(&encode(&GuestMsg::Pong { id: 100 }));
+        assert_eq!(d.resync::<GuestMsg>(ok), Some(hello));
+        assert_eq!(d.next::<GuestMsg>().unwrap(), Some(GuestMsg::Pong { id: 100 }));
     }
 
     #[test]

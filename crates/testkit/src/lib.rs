@@ -103,6 +103,15 @@ impl TestHome {
     }
 }
 
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        // An isolated home has RAM files of its own in the tmpfs.
+        if !self.home.root().starts_with(Home::from_env().root()) && self.home.root().starts_with("/tmp") {
+            let _ = std::fs::remove_dir_all(self.home.shm());
+        }
+    }
+}
+
 impl Default for TestHome {
     fn default() -> Self {
         Self::new()

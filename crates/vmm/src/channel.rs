@@ -23,6 +23,8 @@ use crate::error::VmError;
 const PER_REQUEST_BUFFER: usize = 64;
 /// Unsolicited messages (unknown id) tolerated before the channel is declared broken.
 const MAX_STRAY: u32 = 64;
+/// Stale bytes skipped, at most, before the first `HelloAck` of a connection.
+const MAX_STALE: usize = 16 << 20;
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -110,16 +112,19 @@ impl AgentChannel {
             }
         });
         let rshared = shared.clone();
+        // The first request must be Hello; its id is random so that its answer can be told
+        // apart from stale bytes the guest wrote to a previous host (see `read_loop`).
+        let first = random_id();
         tokio::spawn(async move {
-            let why = read_loop(&mut r, &rshared).await;
+            let why = read_loop(&mut r, &rshared, first).await;
             rshared.fail(why);
         });
-        AgentChannel { tx, shared, next_id: Arc::new(AtomicU32::new(1)) }
+        AgentChannel { tx, shared, next_id: Arc::new(AtomicU32::new(first)) }
     }
 
     /// Registers a new request id and returns its reply stream.
     pub fn request(&self) -> Replies {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PER_REQUEST_BUFFER);
         if self.failure().is_none() {
             self.shared.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
@@ -146,10 +151,24 @@ impl AgentChannel {
     }
 }
 
-async fn read_loop(r: &mut (impl AsyncReadExt + Unpin), shared: &Shared) -> String {
+fn random_id() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: the pointer and length describe `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let id = if n == 4 { u32::from_le_bytes(b) } else { std::process::id().wrapping_mul(2_654_435_761) };
+    // Leave room for the ids that follow; never 0 (reserved for unattributed errors).
+    (id >> 1).max(1)
+}
+
+/// Reads frames and routes them. Until the `HelloAck` for request `hello_id` arrives, bytes
+/// are skipped: after a reconnect or a restore the stream can start with the tail of frames
+/// the guest wrote to the previous host.
+async fn read_loop(r: &mut (impl AsyncReadExt + Unpin), shared: &Shared, hello_id: RequestId) -> String {
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut stray = 0u32;
+    let mut synced = false;
+    let mut skipped = 0usize;
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => {
@@ -162,6 +181,27 @@ async fn read_loop(r: &mut (impl AsyncReadExt + Unpin), shared: &Shared) -> Stri
             Err(e) => return format!("read from guest: {e}"),
         };
         dec.push(&buf[..n]);
+        if !synced {
+            match dec.resync(|m: &GuestMsg| matches!(m, GuestMsg::HelloAck { id, .. } if *id == hello_id)) {
+                Some(ack) => {
+                    synced = true;
+                    if ack.validate().is_err() {
+                        return "guest sent an invalid hello".into();
+                    }
+                    let route = shared.routes.lock().unwrap_or_else(|e| e.into_inner()).get(&hello_id).cloned();
+                    if let Some(tx) = route {
+                        let _ = tx.send(ack).await;
+                    }
+                }
+                None => {
+                    skipped += n;
+                    if skipped > MAX_STALE {
+                        return format!("guest sent {skipped} bytes without answering hello");
+                    }
+                    continue;
+                }
+            }
+        }
         loop {
             let msg: GuestMsg = match dec.next() {
                 Ok(Some(m)) => m,
@@ -193,10 +233,33 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    async fn hello(ch: &AgentChannel, b: &mut UnixStream, stale: &[u8]) {
+        let mut h = ch.request();
+        b.write_all(stale).await.unwrap();
+        let ack = GuestMsg::HelloAck { id: h.id(), version: 1, agent: "t".into(), kernel: "k".into() };
+        b.write_all(&encode(&ack)).await.unwrap();
+        assert_eq!(h.next().await.unwrap(), ack);
+    }
+
+    #[tokio::test]
+    async fn skips_stale_bytes_before_hello() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let ch = AgentChannel::from_stream(a);
+        let mut stale = encode(&GuestMsg::Stdout { id: 5, data: vec![1; 1000] });
+        stale.drain(..7);
+        stale.extend(encode(&GuestMsg::Pong { id: 12 }));
+        hello(&ch, &mut b, &stale).await;
+        let mut r = ch.request();
+        b.write_all(&encode(&GuestMsg::Pong { id: r.id() })).await.unwrap();
+        assert_eq!(r.next().await.unwrap(), GuestMsg::Pong { id: r.id() });
+        assert!(ch.failure().is_none());
+    }
+
     #[tokio::test]
     async fn routes_replies_and_poisons_on_garbage() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let ch = AgentChannel::from_stream(a);
+        hello(&ch, &mut b, &[]).await;
         let mut r1 = ch.request();
         let mut r2 = ch.request();
         b.write_all(&encode(&GuestMsg::Pong { id: r2.id() })).await.unwrap();
@@ -219,6 +282,7 @@ mod tests {
     async fn oversized_length_prefix_poisons() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let ch = AgentChannel::from_stream(a);
+        hello(&ch, &mut b, &[]).await;
         let mut r = ch.request();
         b.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
         let err = r.next().await.unwrap_err().to_string();

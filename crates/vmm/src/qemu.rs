@@ -123,23 +123,26 @@ impl QemuVm {
         self.qmp().await?.execute("cont", None).await.map(|_| ())
     }
 
-    /// Saves device state (not RAM, which lives in a shared memory file) to `state`.
-    /// The VM must be paused.
+    /// Saves device state (not RAM, which lives in a shared memory file) to a new file
+    /// `state`, handed to QEMU as a descriptor (QEMU spawns nothing). The VM must be paused.
     pub async fn save_state(&mut self, state: &Path) -> Result<(), VmError> {
-        let uri = format!("exec:cat > {}", shell_quote(state)?);
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(state).map_err(VmError::io("create", state))?;
         let qmp = self.qmp().await?;
         set_ignore_shared(qmp).await?;
-        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
-        qmp.wait_migration(Duration::from_secs(120)).await.map(|_| ())
+        qmp.send_fd("kiln-state", std::os::fd::AsFd::as_fd(&file)).await?;
+        qmp.execute("migrate", Some(json!({ "uri": "fd:kiln-state" }))).await?;
+        qmp.wait_migration(Duration::from_secs(120)).await?;
+        file.sync_all().map_err(VmError::io("sync", state))
     }
 
     /// Loads device state saved by [`QemuVm::save_state`] into a VM started with `incoming`
     /// and the same machine shape; it stays paused until [`QemuVm::resume`].
     pub async fn load_state(&mut self, state: &Path) -> Result<(), VmError> {
-        let uri = format!("exec:cat {}", shell_quote(state)?);
+        let file = std::fs::File::open(state).map_err(VmError::io("open", state))?;
         let qmp = self.qmp().await?;
         set_ignore_shared(qmp).await?;
-        qmp.execute("migrate-incoming", Some(json!({ "uri": uri }))).await?;
+        qmp.send_fd("kiln-state", std::os::fd::AsFd::as_fd(&file)).await?;
+        qmp.execute("migrate-incoming", Some(json!({ "uri": "fd:kiln-state" }))).await?;
         qmp.wait_migration(Duration::from_secs(120)).await.map(|_| ())
     }
 
@@ -167,16 +170,6 @@ impl QemuVm {
 async fn set_ignore_shared(qmp: &mut Qmp) -> Result<(), VmError> {
     let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] });
     qmp.execute("migrate-set-capabilities", Some(caps)).await.map(|_| ())
-}
-
-/// Quotes a path for QEMU's `exec:` migration URI (run by /bin/sh). Paths kiln makes never
-/// contain a quote; anything that does is refused rather than escaped.
-fn shell_quote(p: &Path) -> Result<String, VmError> {
-    let s = p.display().to_string();
-    if s.contains('\'') || s.contains('\n') {
-        return Err(VmError::Qmp { command: "migrate".into(), detail: format!("unsupported path {s:?}") });
-    }
-    Ok(format!("'{s}'"))
 }
 
 impl Vm for QemuVm {
