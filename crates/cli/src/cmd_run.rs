@@ -88,6 +88,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 /// Runs `kiln run`.
 pub async fn run(a: RunArgs) -> i32 {
     let home = Home::from_env();
+    // What kiln processes killed with -9 left behind (their VMs died with them).
+    kiln_core::cleanup::sweep(&home);
     let verbose = a.verbose;
     let progress = move |m: &str| eprintln!("kiln: {m}");
     let opts = SandboxOptions {

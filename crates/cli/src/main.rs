@@ -5,7 +5,10 @@
 mod cmd_bench;
 mod cmd_doctor;
 mod cmd_run;
+mod cmd_sandbox;
+mod cmd_serve;
 mod cmd_template;
+mod cmd_token;
 mod exit;
 mod smaps;
 
@@ -39,6 +42,16 @@ enum Cmd {
     Template(cmd_template::TemplateCmd),
     /// Check that this host can run kiln, and say what to fix.
     Doctor(cmd_doctor::DoctorArgs),
+    /// Run the daemon: the HTTP API over a unix socket (and TCP on request).
+    Serve(cmd_serve::ServeArgs),
+    /// Create, list, run commands in, fork, extend and kill sandboxes (talks to `kiln serve`).
+    #[command(subcommand)]
+    Sandbox(cmd_sandbox::SandboxCmd),
+    /// Copy a file between the host and a sandbox (talks to `kiln serve`).
+    Cp(cmd_sandbox::CpArgs),
+    /// Manage bearer tokens for the daemon's TCP listener.
+    #[command(subcommand)]
+    Token(cmd_token::TokenCmd),
     /// Measure create, fork and exec against baselines taken in the same run.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCmd),
@@ -60,6 +73,10 @@ fn main() {
             Cmd::Template(t) => cmd_template::run(t).await,
             Cmd::Doctor(a) => cmd_doctor::run(a).await,
             Cmd::Bench(b) => cmd_bench::run(b).await,
+            Cmd::Serve(a) => cmd_serve::run(a).await,
+            Cmd::Sandbox(c) => cmd_sandbox::run(c).await,
+            Cmd::Cp(a) => cmd_sandbox::cp(a).await,
+            Cmd::Token(t) => cmd_token::run(t),
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_millis(200));

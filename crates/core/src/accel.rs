@@ -74,6 +74,7 @@ fn first_line(s: &str) -> String {
 async fn probe_kvm(home: &Home) -> Result<(), SandboxError> {
     let (kernel, kernel_path, _, initrd_path) = kernel_and_initramfs(home, &kiln_image::quiet)?;
     let run_dir = home.run().join(format!("probe-{}", crate::random::hex(4)));
+    crate::cleanup::make_owned_dir(&run_dir).map_err(|source| SandboxError::Io { what: format!("create {}", run_dir.display()), source })?;
     let spec = VmSpec {
         kernel: kernel_path,
         initrd: initrd_path,

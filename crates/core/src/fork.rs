@@ -114,8 +114,8 @@ impl Sandbox {
         self.map_err(r).await?;
         let name = format!("fork-{}", crate::random::hex(6));
         let dir = home.run().join(&name);
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let base = Arc::new(ForkBase { dir, memory: home.shm().join(format!("{name}.memory")), _parent: self.base.clone() });
+        crate::cleanup::make_owned_dir(&dir).map_err(io(format!("create {}", dir.display())))?;
+        let base = Arc::new(ForkBase { dir, memory: home.shm().join(format!("{name}.{}.memory", std::process::id())), _parent: self.base.clone() });
         {
             let vm = self.vm.get_mut().unwrap_or_else(|e| e.into_inner());
             let vm = vm.as_mut().ok_or_else(|| SandboxError::Invalid("the sandbox was destroyed".into()))?;
@@ -133,7 +133,7 @@ impl Sandbox {
         //    runs on a copy of the frozen RAM (made while the clones start) so it stays forkable.
         self.kill();
         let run_dir = self.spec.run_dir.clone();
-        std::fs::create_dir_all(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
+        crate::cleanup::make_owned_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
         let own = crate::sandbox::own_memory(home, &self.id)?;
 
         // 4. Restart the parent and start the clones, all at once; each clone is told who it is

@@ -5,15 +5,20 @@
 pub mod accel;
 pub mod agent;
 pub mod artifacts;
+pub mod cleanup;
 pub mod copy;
 pub mod error;
 pub mod exec;
 pub mod files;
 pub mod fork;
 pub mod random;
+pub mod lifecycle;
+pub mod manager;
+pub mod metrics;
 pub mod sandbox;
 pub mod snapshot;
 pub mod sparse;
+pub mod store;
 
 pub use agent::Agent;
 pub use error::SandboxError;

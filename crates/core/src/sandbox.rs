@@ -111,10 +111,11 @@ fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// The path of a forkable sandbox's own RAM file (in the home's tmpfs folder).
+/// The path of a forkable sandbox's own RAM file (in the home's tmpfs folder), named with the
+/// owning process's pid so that a sweep can tell an orphan (see [`crate::cleanup`]).
 pub(crate) fn own_memory(home: &Home, id: &str) -> Result<PathBuf, SandboxError> {
     std::fs::create_dir_all(home.shm()).map_err(|source| SandboxError::Io { what: format!("create {}", home.shm().display()), source })?;
-    Ok(home.shm().join(format!("{id}.memory")))
+    Ok(home.shm().join(format!("{id}.{}.memory", std::process::id())))
 }
 
 /// The QEMU version line, asked once per process.
@@ -153,7 +154,7 @@ impl Sandbox {
                 run_dir.display()
             )));
         }
-        std::fs::create_dir_all(&run_dir).map_err(|source| SandboxError::Io { what: format!("create {}", run_dir.display()), source })?;
+        crate::cleanup::make_owned_dir(&run_dir).map_err(|source| SandboxError::Io { what: format!("create {}", run_dir.display()), source })?;
         Ok((id, run_dir))
     }
 
@@ -315,6 +316,11 @@ impl Sandbox {
         };
         let r = self.agent.set_identity(identity).await;
         self.map_err(r).await
+    }
+
+    /// Whether its VM has exited on its own.
+    pub fn has_died(&self) -> bool {
+        self.died.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// The sandbox id (also the guest's hostname).

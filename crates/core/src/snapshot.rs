@@ -393,6 +393,7 @@ async fn bake_into(
     let memory = memory.to_owned();
     let cmdline = a.kernel.cmdline(kiln_image::kernel::host_tsc_khz(), "kiln.root=/dev/vda kiln.hostname=kiln-template");
     let run_dir = home.run().join(format!("bake-{}", crate::random::hex(4)));
+    crate::cleanup::make_owned_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
     let spec = VmSpec {
         kernel: a.kernel_path.clone(),
         initrd: a.initrd_path.clone(),

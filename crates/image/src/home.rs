@@ -36,6 +36,12 @@ impl Home {
         Home { root, run: run.into(), shm }
     }
 
+    /// The same home with RAM files in `shm`.
+    pub fn with_shm(mut self, shm: impl Into<PathBuf>) -> Home {
+        self.shm = shm.into();
+        self
+    }
+
     /// The root of the persistent folder.
     pub fn root(&self) -> &Path {
         &self.root

@@ -44,7 +44,27 @@ impl TestHome {
 
     /// Environment variables that point a `kiln` process at this home.
     pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![("KILN_HOME", self.home.root().to_path_buf()), ("KILN_RUN_DIR", self.home.run().to_path_buf())]
+        vec![
+            ("KILN_HOME", self.home.root().to_path_buf()),
+            ("KILN_RUN_DIR", self.home.run().to_path_buf()),
+            ("KILN_SHM_DIR", self.home.shm().to_path_buf()),
+        ]
+    }
+
+    /// A home of its own (state database, socket, run folder) that shares every artifact of
+    /// the machine's cache, snapshots included: for daemon tests.
+    pub fn for_daemon() -> TestHome {
+        let shared = Home::from_env();
+        let root = tempfile::Builder::new().prefix("kd-").tempdir_in("/tmp").expect("temp home");
+        for sub in ["store", "kernels", "templates", "snapshots"] {
+            let _ = std::fs::create_dir_all(shared.root().join(sub));
+            std::os::unix::fs::symlink(shared.root().join(sub), root.path().join(sub)).expect("link shared artifacts");
+        }
+        let _ = std::fs::copy(shared.root().join("accel-probe.json"), root.path().join("accel-probe.json"));
+        let run = root.path().join("run");
+        std::fs::create_dir_all(&run).expect("run folder");
+        let home = Home::at(root.path(), &run).with_shm(shared.shm());
+        TestHome { home, _tmp: root }
     }
 
     /// A sandbox of `template` in the given way: cold-booted, or restored from its snapshot
@@ -106,7 +126,10 @@ impl TestHome {
 impl Drop for TestHome {
     fn drop(&mut self) {
         // An isolated home has RAM files of its own in the tmpfs.
-        if !self.home.root().starts_with(Home::from_env().root()) && self.home.root().starts_with("/tmp") {
+        if !self.home.root().starts_with(Home::from_env().root())
+            && self.home.root().starts_with("/tmp")
+            && self.home.shm() != Home::from_env().shm()
+        {
             let _ = std::fs::remove_dir_all(self.home.shm());
         }
     }

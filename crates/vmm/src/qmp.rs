@@ -91,28 +91,7 @@ impl Qmp {
         let err = |detail: String| VmError::Qmp { command: "getfd".into(), detail };
         // The socket is non-blocking; wait until it can take the (small) message.
         self.writer.as_ref().writable().await.map_err(|e| err(e.to_string()))?;
-        let raw = fd.as_raw_fd();
-        let mut iov = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: bytes.len() };
-        // SAFETY: CMSG_SPACE is a pure computation on a constant size.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-        let mut cbuf = vec![0u8; space];
-        // SAFETY: msghdr is plain data; all-zero is valid before the fields are set.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `cbuf`, large enough for one header and one int, so
-        // CMSG_FIRSTHDR is non-null and CMSG_DATA points inside `cbuf`.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-            std::ptr::copy_nonoverlapping(&raw, libc::CMSG_DATA(c).cast::<i32>(), 1);
-        }
-        // SAFETY: `msg` and everything it points to live until the call returns.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        let n = send_with_fd(sock, &mut bytes, fd.as_raw_fd());
         if n != bytes.len() as isize {
             return Err(err(format!("sendmsg: {}", std::io::Error::last_os_error())));
         }
@@ -155,3 +134,28 @@ impl Qmp {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// One `sendmsg` carrying `bytes` and the descriptor `fd` as SCM_RIGHTS.
+fn send_with_fd(sock: i32, bytes: &mut [u8], fd: i32) -> isize {
+    let mut iov = libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: bytes.len() };
+    // SAFETY: CMSG_SPACE is a pure computation on a constant size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; all-zero is valid before the fields are set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `cbuf`, large enough for one header and one int, so
+    // CMSG_FIRSTHDR is non-null and CMSG_DATA points inside `cbuf`.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::copy_nonoverlapping(&fd, libc::CMSG_DATA(c).cast::<i32>(), 1);
+    }
+    // SAFETY: `msg` and everything it points to live until the call returns.
+    unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) }
+}

@@ -1,0 +1,123 @@
+//! `kiln serve`: the daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use kiln_core::manager::{Limits, Manager};
+use kiln_image::lock::FileLock;
+use kiln_image::Home;
+use kiln_server::AppState;
+
+use crate::exit;
+
+/// Arguments of `kiln serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "The unix socket (mode 0600) needs no token. TCP listeners need bearer tokens: `kiln token create NAME`.\nClients find the daemon with KILN_HOST (unix:///path or http://host:port) and KILN_TOKEN.")]
+pub struct ServeArgs {
+    /// Unix socket to listen on (default: $KILN_HOME/kiln.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also listen on TCP, e.g. 127.0.0.1:7777 (bearer tokens required).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// Most sandboxes alive at once (over it: 429).
+    #[arg(long, default_value = "32")]
+    max_sandboxes: usize,
+    /// Most guest memory of all sandboxes together, MiB (over it: 429).
+    #[arg(long, default_value = "16384", value_name = "MiB")]
+    max_memory: u64,
+    /// TTL of a sandbox whose request names none, seconds.
+    #[arg(long, default_value = "600", value_name = "SECS")]
+    default_ttl: u64,
+    /// Longest TTL a request may ask for, seconds.
+    #[arg(long, default_value = "21600", value_name = "SECS")]
+    max_ttl: u64,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM; then destroys every sandbox.
+pub async fn run(a: ServeArgs) -> i32 {
+    let home = Home::from_env();
+    if let Err(e) = std::fs::create_dir_all(home.root()) {
+        eprintln!("kiln: cannot create {}: {e}", home.root().display());
+        return exit::KILN_FAILED;
+    }
+    let _lock = match FileLock::try_acquire(&home.root().join("daemon.lock")) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            eprintln!("kiln: another `kiln serve` is running on {}; stop it first", home.root().display());
+            return exit::KILN_FAILED;
+        }
+        Err(e) => return exit::report(&e.into()),
+    };
+    let limits = Limits {
+        max_sandboxes: a.max_sandboxes,
+        max_memory_mib: a.max_memory,
+        default_ttl: Duration::from_secs(a.default_ttl.max(1)),
+        max_ttl: Duration::from_secs(a.max_ttl.max(1)),
+    };
+    let manager = match Manager::open(home.clone(), limits) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("kiln: cannot open the state store: {e}");
+            return exit::KILN_FAILED;
+        }
+    };
+    let _reaper = manager.spawn_reaper(Duration::from_millis(500));
+    let socket = a.socket.unwrap_or_else(|| home.root().join("kiln.sock"));
+    let _ = std::fs::remove_file(&socket); // stale: the lock says no daemon owns it
+    let unix = match tokio::net::UnixListener::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kiln: cannot listen on {}: {e}", socket.display());
+            return exit::KILN_FAILED;
+        }
+    };
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+    eprintln!("kiln: serving on unix://{}", socket.display());
+    let local = kiln_server::app(AppState { manager: manager.clone(), require_token: false });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut tasks = vec![tokio::spawn({
+        let w = wait(stop_rx.clone());
+        async move { axum::serve(unix, local).with_graceful_shutdown(w).await }
+    })];
+    if let Some(addr) = a.listen {
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                eprintln!("kiln: serving on http://{addr} (bearer tokens required)");
+                let remote = kiln_server::app(AppState { manager: manager.clone(), require_token: true });
+                let w = wait(stop_rx.clone());
+                tasks.push(tokio::spawn(async move { axum::serve(l, remote).with_graceful_shutdown(w).await }));
+            }
+            Err(e) => {
+                eprintln!("kiln: cannot listen on {addr}: {e}");
+                let _ = std::fs::remove_file(&socket);
+                return exit::KILN_FAILED;
+            }
+        }
+    }
+    shutdown_signal().await;
+    eprintln!("kiln: shutting down: destroying every sandbox");
+    let _ = stop_tx.send(true);
+    manager.shutdown().await;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let _ = std::fs::remove_file(&socket);
+    0
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+}

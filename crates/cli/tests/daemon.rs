@@ -1,0 +1,170 @@
+//! `kiln serve` end to end: a real daemon process, real VMs, the Rust client, crash recovery.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kiln_client::{Client, ClientError, CreateSandbox, ExecRequest, Target};
+use kiln_core::store::Store;
+use kiln_testkit::{wait_until, TestHome};
+
+struct Daemon {
+    child: Child,
+    client: Client,
+}
+
+impl Daemon {
+    fn start(th: &TestHome, extra: &[&str]) -> Daemon {
+        let socket = th.home.root().join("kiln.sock");
+        let _ = std::fs::remove_file(&socket); // left by a daemon killed with -9
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.arg("serve").arg("--socket").arg(&socket).args(extra).stdin(Stdio::null());
+        for (k, v) in th.env() {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("start kiln serve");
+        assert!(wait_until(Duration::from_secs(20), || socket.exists()), "daemon did not listen");
+        Daemon { child, client: Client::new(Target::Unix(socket), None) }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon destroys its sandboxes and exits.
+        // SAFETY: the pid is our own child's.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let _ = wait_until(Duration::from_secs(10), || self.child.try_wait().ok().flatten().is_some());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn tiny(ttl: i64) -> CreateSandbox {
+    CreateSandbox { template: "tiny".into(), ttl_seconds: Some(ttl), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_exec_files_fork_and_ttl() {
+    let th = TestHome::for_daemon();
+    let d = Daemon::start(&th, &[]);
+    let c = &d.client;
+    let s = c.create_sandbox(&CreateSandbox { forkable: true, ..tiny(300) }).await.unwrap();
+    assert_eq!((s.state.as_str(), s.mode.as_str()), ("running", "restored"));
+    let r = c.exec(&s.id, &ExecRequest::shell("echo out; echo err >&2; exit 3")).await.unwrap();
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str(), r.exit_code, r.timed_out), ("out\n", "err\n", 3, false));
+    let r = c.exec(&s.id, &ExecRequest::shell("while true; do :; done").timeout(2.0)).await.unwrap();
+    assert!(r.timed_out && r.exit_code == 124, "{r:?}");
+    let r = c.exec(&s.id, &ExecRequest::argv(vec!["no-such-command".into()])).await.unwrap();
+    assert_eq!(r.exit_code, 127, "{r:?}");
+
+    // Streaming keeps order per stream.
+    let mut out = Vec::new();
+    let exit = c
+        .exec_stream(&s.id, &ExecRequest::shell("for i in 1 2 3; do echo $i; sleep 0.1; done"), |e| {
+            if let kiln_client::ExecEvent::Stdout(d) = e {
+                out.extend(d)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((String::from_utf8(out).unwrap().as_str(), exit.exit_code), ("1\n2\n3\n", 0));
+
+    // Files.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    c.write_file(&s.id, "/root/d/blob", 0o600, std::io::Cursor::new(data.clone())).await.unwrap();
+    let mut back = Vec::new();
+    assert_eq!(c.read_file(&s.id, "/root/d/blob", &mut back).await.unwrap(), 300_000);
+    assert_eq!(back, data);
+    assert_eq!(c.stat(&s.id, "/root/d/blob").await.unwrap().mode, 0o600);
+    assert_eq!(c.list_files(&s.id, "/root/d").await.unwrap()[0].name, "blob");
+
+    // Fork: two clones, independent.
+    let clones = c.fork(&s.id, 2).await.unwrap();
+    c.exec(&clones[0].id, &ExecRequest::shell("echo x > /root/only0")).await.unwrap();
+    let r = c.exec(&clones[1].id, &ExecRequest::shell("test -e /root/only0 && echo present || echo absent; cat /root/d/blob | wc -c")).await.unwrap();
+    assert_eq!(r.stdout.split_whitespace().collect::<Vec<_>>(), ["absent", "300000"]);
+    assert_eq!(c.list_sandboxes().await.unwrap().len(), 3);
+
+    // Extend, then delete.
+    let before = c.get_sandbox(&s.id).await.unwrap().deadline;
+    let after = c.extend(&s.id, 3000).await.unwrap().deadline;
+    assert!(after > before);
+    c.delete_sandbox(&s.id).await.unwrap();
+    assert!(matches!(c.get_sandbox(&s.id).await, Err(ClientError::Api { status: 404, .. })));
+
+    // A sandbox with a 3 s TTL that nobody deletes is gone after its deadline.
+    let short = c.create_sandbox(&tiny(3)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(matches!(c.get_sandbox(&short.id).await, Err(ClientError::Api { status: 404, .. })));
+    let events = Store::open(&th.home.root().join("kiln.db")).unwrap().events(Some(&short.id), 10).unwrap();
+    assert!(events.iter().any(|e| e.kind == "reaped"), "{events:?}");
+    let metrics = reqwest_metrics(c).await;
+    assert!(metrics.contains("kiln_ttl_reaps_total 1"), "{metrics}");
+    for cl in clones {
+        c.delete_sandbox(&cl.id).await.unwrap();
+    }
+    drop(d);
+    th.assert_clean();
+}
+
+async fn reqwest_metrics(c: &Client) -> String {
+    use http_body_util::BodyExt;
+    let r = c.send(hyper::Method::GET, "/metrics", http_body_util::Empty::new().map_err(|n| match n {}).boxed(), "text/plain").await.unwrap();
+    String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_429() {
+    let th = TestHome::for_daemon();
+    let d = Daemon::start(&th, &["--max-sandboxes", "1"]);
+    let a = d.client.create_sandbox(&tiny(60)).await.unwrap();
+    match d.client.create_sandbox(&tiny(60)).await {
+        Err(ClientError::Api { status: 429, message, .. }) => assert!(message.contains("limit is 1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    d.client.delete_sandbox(&a.id).await.unwrap();
+    drop(d);
+    let d = Daemon::start(&th, &["--max-memory", "100"]);
+    match d.client.create_sandbox(&tiny(60)).await {
+        Err(ClientError::Api { status: 429, message, .. }) => assert!(message.contains("MiB"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    drop(d);
+    th.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
+    let th = TestHome::for_daemon();
+    let mut d = Daemon::start(&th, &[]);
+    let s = d.client.create_sandbox(&tiny(600)).await.unwrap();
+    let client = d.client.clone();
+    let id = s.id.clone();
+    let exec = tokio::spawn(async move { client.exec(&id, &ExecRequest::shell("sleep 60")).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!th.vmm_processes().is_empty(), "the VM should be running");
+    d.kill9();
+    // The caller gets an error, not a hang.
+    let r = tokio::time::timeout(Duration::from_secs(10), exec).await.expect("exec did not end").unwrap();
+    assert!(r.is_err(), "{r:?}");
+    // The VMM dies with its daemon.
+    assert!(wait_until(Duration::from_secs(5), || th.vmm_processes().is_empty()), "QEMU outlived the daemon");
+    // A new daemon reconciles: the sandbox is failed, its files are gone.
+    drop(d);
+    let d = Daemon::start(&th, &[]);
+    assert!(matches!(d.client.get_sandbox(&s.id).await, Err(ClientError::Api { status: 404, .. })));
+    let store = Store::open(&th.home.root().join("kiln.db")).unwrap();
+    assert!(store.live_sandboxes().unwrap().is_empty());
+    assert!(store.events(Some(&s.id), 10).unwrap().iter().any(|e| e.kind == "lost"));
+    drop(d);
+    th.assert_clean();
+}

@@ -1,0 +1,40 @@
+//! The Python SDK's pytest suite, unit tests and tests against a real daemon with real VMs.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kiln_testkit::{wait_until, TestHome};
+
+#[test]
+fn python_sdk_against_a_real_daemon() {
+    let th = TestHome::for_daemon();
+    let socket = th.home.root().join("kiln.sock");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    serve.arg("serve").arg("--socket").arg(&socket).stdin(Stdio::null());
+    for (k, v) in th.env() {
+        serve.env(k, v);
+    }
+    let mut daemon = serve.spawn().expect("start kiln serve");
+    assert!(wait_until(Duration::from_secs(20), || socket.exists()), "daemon did not listen");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python");
+    let out = Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+        .current_dir(&sdk)
+        .env("KILN_TEST_DAEMON", "1")
+        .env("KILN_HOST", format!("unix://{}", socket.display()))
+        .env("KILN_TEST_TEMPLATE", "tiny")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run python3 -m pytest (apt-get install python3-pytest)");
+    // SAFETY-free shutdown: SIGTERM via the kill command, then wait.
+    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+    let _ = wait_until(Duration::from_secs(10), || daemon.try_wait().ok().flatten().is_some());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pytest failed");
+    assert!(stdout.contains("passed") && !stdout.contains("skipped"), "the daemon tests did not run: {stdout}");
+    th.assert_clean();
+}

@@ -1,0 +1,298 @@
+//! Transport: one HTTP/1.1 connection per request, over a unix socket or TCP.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::types::*;
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// host:port.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix://{}", p.display()),
+            Target::Tcp(a) => write!(f, "http://{a}"),
+        }
+    }
+}
+
+impl Target {
+    /// Parses `unix:///path` or `http://host:port`.
+    pub fn parse(s: &str) -> Result<Target, ClientError> {
+        if let Some(p) = s.strip_prefix("unix://") {
+            return Ok(Target::Unix(PathBuf::from(p)));
+        }
+        if let Some(a) = s.strip_prefix("http://") {
+            return Ok(Target::Tcp(a.trim_end_matches('/').to_owned()));
+        }
+        Err(ClientError::Config(format!("KILN_HOST must be unix:///path or http://host:port, not {s:?}")))
+    }
+
+    /// The default: the daemon's socket in `KILN_HOME`.
+    pub fn default_socket() -> Target {
+        let home = std::env::var_os("KILN_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("XDG_DATA_HOME")
+                .map(|x| PathBuf::from(x).join("kiln"))
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".local/share/kiln"))
+        });
+        Target::Unix(home.join("kiln.sock"))
+    }
+}
+
+/// A client failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon there.
+    #[error("cannot reach the kiln daemon at {target}: {detail}; start it with `kiln serve` (or set KILN_HOST)")]
+    Unreachable {
+        /// Where we looked.
+        target: String,
+        /// What connect said.
+        detail: String,
+    },
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// A transport or decoding failure.
+    #[error("talking to the daemon: {0}")]
+    Transport(String),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    target: Target,
+    token: Option<String>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Client {
+    /// A client for `target`.
+    pub fn new(target: Target, token: Option<String>) -> Client {
+        Client { target, token }
+    }
+
+    /// From `KILN_HOST` and `KILN_TOKEN`, defaulting to the local daemon's socket.
+    pub fn from_env() -> Client {
+        let target = std::env::var("KILN_HOST").ok().and_then(|h| Target::parse(&h).ok()).unwrap_or_else(Target::default_socket);
+        Client { target, token: std::env::var("KILN_TOKEN").ok() }
+    }
+
+    /// Where it connects.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+        let unreachable = |e: std::io::Error| ClientError::Unreachable { target: self.target.to_string(), detail: e.to_string() };
+        Ok(match &self.target {
+            Target::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(unreachable)?),
+            Target::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.map_err(unreachable)?),
+        })
+    }
+
+    /// Sends one request and returns the response with its body unread.
+    pub async fn send(&self, method: Method, path: &str, body: Body, content_type: &str) -> Result<Response<Incoming>, ClientError> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let host = match &self.target {
+            Target::Tcp(a) => a.clone(),
+            Target::Unix(_) => "localhost".into(),
+        };
+        let mut req = Request::builder().method(method).uri(path).header("host", host).header("content-type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(body).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        Err(api_error(status, &bytes))
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, json: Option<&impl Serialize>) -> Result<T, ClientError> {
+        let body = match json {
+            Some(j) => full(serde_json::to_vec(j).map_err(|e| ClientError::Transport(e.to_string()))?),
+            None => full(Bytes::new()),
+        };
+        let resp = self.send(method, path, body, "application/json").await?;
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"null").map_err(|e| ClientError::Transport(e.to_string()));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport(format!("bad JSON from the daemon: {e}")))
+    }
+
+    /// Creates a sandbox.
+    pub async fn create_sandbox(&self, req: &CreateSandbox) -> Result<Sandbox, ClientError> {
+        self.call(Method::POST, "/v1/sandboxes", Some(req)).await
+    }
+
+    /// Live sandboxes.
+    pub async fn list_sandboxes(&self) -> Result<Vec<Sandbox>, ClientError> {
+        self.call(Method::GET, "/v1/sandboxes", None::<&()>).await
+    }
+
+    /// One sandbox.
+    pub async fn get_sandbox(&self, id: &str) -> Result<Sandbox, ClientError> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{}", enc(id)), None::<&()>).await
+    }
+
+    /// Destroys a sandbox.
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), ClientError> {
+        let _: Option<serde_json::Value> = self.call(Method::DELETE, &format!("/v1/sandboxes/{}", enc(id)), None::<&()>).await?;
+        Ok(())
+    }
+
+    /// Sets the deadline to now + `ttl_seconds`.
+    pub async fn extend(&self, id: &str, ttl_seconds: i64) -> Result<Sandbox, ClientError> {
+        self.call(Method::POST, &format!("/v1/sandboxes/{}/extend", enc(id)), Some(&serde_json::json!({ "ttl_seconds": ttl_seconds }))).await
+    }
+
+    /// Forks into `count` clones.
+    pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Sandbox>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Forked {
+            sandboxes: Vec<Sandbox>,
+        }
+        let f: Forked = self.call(Method::POST, &format!("/v1/sandboxes/{}/fork", enc(id)), Some(&serde_json::json!({ "count": count }))).await?;
+        Ok(f.sandboxes)
+    }
+
+    /// Runs a command and waits for its result.
+    pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
+        self.call(Method::POST, &format!("/v1/sandboxes/{}/exec", enc(id)), Some(req)).await
+    }
+
+    /// Runs a command, calling `on_event` for each chunk of output as it arrives.
+    pub async fn exec_stream(&self, id: &str, req: &ExecRequest, on_event: impl FnMut(ExecEvent)) -> Result<ExecExit, ClientError> {
+        let body = full(serde_json::to_vec(req).map_err(|e| ClientError::Transport(e.to_string()))?);
+        let resp = self.send(Method::POST, &format!("/v1/sandboxes/{}/exec/stream", enc(id)), body, "application/json").await?;
+        crate::sse::consume(resp.into_body(), on_event).await
+    }
+
+    /// Writes a file from a stream.
+    pub async fn write_file(&self, id: &str, path: &str, mode: u32, data: impl AsyncRead + Send + Sync + 'static) -> Result<(), ClientError> {
+        let stream = futures_util::StreamExt::map(tokio_util::io::ReaderStream::new(data), |r| r.map(Frame::data));
+        let body = StreamBody::new(stream).boxed();
+        let path = format!("/v1/sandboxes/{}/files?path={}&mode={mode}", enc(id), enc(path));
+        self.send(Method::PUT, &path, body, "application/octet-stream").await.map(|_| ())
+    }
+
+    /// Reads a file into `out`; returns its size.
+    pub async fn read_file(&self, id: &str, path: &str, out: &mut (impl AsyncWrite + Unpin)) -> Result<u64, ClientError> {
+        let resp = self.send(Method::GET, &format!("/v1/sandboxes/{}/files?path={}", enc(id), enc(path)), full(Bytes::new()), "application/json").await?;
+        let expected: Option<u64> = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
+            if let Some(d) = frame.data_ref() {
+                out.write_all(d).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+                n += d.len() as u64;
+            }
+        }
+        out.flush().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if expected.is_some_and(|e| e != n) {
+            return Err(ClientError::Transport(format!("file ended after {n} of {} bytes (the sandbox failed?)", expected.unwrap_or(0))));
+        }
+        Ok(n)
+    }
+
+    /// Lists a folder.
+    pub async fn list_files(&self, id: &str, path: &str) -> Result<Vec<FileInfo>, ClientError> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{}/files/list?path={}", enc(id), enc(path)), None::<&()>).await
+    }
+
+    /// Metadata of a path.
+    pub async fn stat(&self, id: &str, path: &str) -> Result<FileInfo, ClientError> {
+        self.call(Method::GET, &format!("/v1/sandboxes/{}/files/stat?path={}", enc(id), enc(path)), None::<&()>).await
+    }
+
+    /// Creates a folder and its parents.
+    pub async fn mkdir(&self, id: &str, path: &str, mode: u32) -> Result<(), ClientError> {
+        let _: Option<serde_json::Value> =
+            self.call(Method::POST, &format!("/v1/sandboxes/{}/files/mkdir?path={}&mode={mode}", enc(id), enc(path)), None::<&()>).await?;
+        Ok(())
+    }
+
+    /// Removes a file or folder.
+    pub async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), ClientError> {
+        let _: Option<serde_json::Value> =
+            self.call(Method::DELETE, &format!("/v1/sandboxes/{}/files?path={}&recursive={recursive}", enc(id), enc(path)), None::<&()>).await?;
+        Ok(())
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = v["error"]["code"].as_str().unwrap_or("unknown").to_owned();
+    let message = v["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}"));
+    ClientError::Api { status: status.as_u16(), code, message }
+}
+
+/// Percent-encodes a query or path component.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(Target::parse("unix:///tmp/k.sock").unwrap(), Target::Unix("/tmp/k.sock".into()));
+        assert_eq!(Target::parse("http://127.0.0.1:7777/").unwrap(), Target::Tcp("127.0.0.1:7777".into()));
+        assert!(Target::parse("ftp://x").is_err());
+        assert_eq!(enc("/a b&c"), "/a%20b%26c");
+    }
+}

@@ -1,0 +1,484 @@
+//! The daemon's view of sandboxes: a registry of live sandboxes with deadlines, limits on how
+//! many and how much memory, the state store, and an audit trail. The HTTP server translates
+//! requests into calls here; nothing here knows about HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_image::Home;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
+use crate::error::SandboxError;
+use crate::lifecycle::State;
+use crate::metrics::Metrics;
+use crate::sandbox::{CreateMode, Sandbox, SandboxOptions};
+use crate::store::{now, SandboxRecord, Store, StoreError};
+
+/// Limits the daemon enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most sandboxes alive at once.
+    pub max_sandboxes: usize,
+    /// Most guest memory (MiB) of all sandboxes together.
+    pub max_memory_mib: u64,
+    /// TTL when a request names none.
+    pub default_ttl: Duration,
+    /// Longest TTL a request may ask for.
+    pub max_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_sandboxes: 32, max_memory_mib: 16 * 1024, default_ttl: Duration::from_secs(600), max_ttl: Duration::from_secs(6 * 3600) }
+    }
+}
+
+/// Why a manager call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No live sandbox with that id.
+    #[error("no sandbox {0} (it never existed, was deleted, or its TTL expired)")]
+    NotFound(String),
+    /// Over a limit.
+    #[error("{0}")]
+    Limit(String),
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The sandbox is in the wrong state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The sandbox (or creating it) failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the API shows of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// Id.
+    pub id: String,
+    /// Template.
+    pub template: String,
+    /// Lifecycle state.
+    pub state: State,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub deadline: i64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// restored | cold | forked.
+    pub mode: String,
+    /// Forked from.
+    pub parent: Option<String>,
+}
+
+/// A request to create a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// Template name.
+    pub template: String,
+    /// Time to live; the default when `None`.
+    pub ttl: Option<Duration>,
+    /// vCPUs.
+    pub cpus: Option<u32>,
+    /// Memory in MiB.
+    pub memory_mib: Option<u32>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Keep RAM in a file so it can be forked cheaply.
+    pub forkable: bool,
+}
+
+pub(crate) struct Entry {
+    pub(crate) sandbox: Arc<RwLock<Sandbox>>,
+    pub(crate) info: Mutex<SandboxInfo>,
+    run_dir: String,
+}
+
+/// A read lease on a running sandbox: exec and file requests run under it, concurrently.
+pub type Lease = OwnedRwLockReadGuard<Sandbox>;
+
+/// The registry.
+pub struct Manager {
+    pub(crate) home: Home,
+    pub(crate) store: Store,
+    pub(crate) limits: Limits,
+    pub(crate) live: Mutex<HashMap<String, Arc<Entry>>>,
+    /// (sandboxes, MiB) being created right now, counted against the limits.
+    reserved: Mutex<(usize, u64)>,
+    pub(crate) metrics: Metrics,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("home", &self.home).field("limits", &self.limits).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn mode_name(m: &CreateMode) -> (String, Option<String>) {
+    match m {
+        CreateMode::Cold => ("cold".into(), None),
+        CreateMode::Restored(_) => ("restored".into(), None),
+        CreateMode::Forked(p) => ("forked".into(), Some(p.clone())),
+    }
+}
+
+impl Manager {
+    /// Opens the state store in the home and reconciles it with reality (see
+    /// [`Manager::reconcile`]).
+    pub fn open(home: Home, limits: Limits) -> Result<Arc<Manager>, ManagerError> {
+        std::fs::create_dir_all(home.root()).map_err(|source| SandboxError::Io { what: format!("create {}", home.root().display()), source })?;
+        let store = Store::open(&home.root().join("kiln.db"))?;
+        let m = Arc::new(Manager { home, store, limits, live: Mutex::new(HashMap::new()), reserved: Mutex::new((0, 0)), metrics: Metrics::default() });
+        m.reconcile()?;
+        Ok(m)
+    }
+
+    /// After a restart: every sandbox the store thinks alive lost its VM with the previous
+    /// daemon (a VMM cannot outlive the process that started it); any VMM still found is
+    /// killed, the records are marked failed, and orphaned files are removed.
+    pub fn reconcile(&self) -> Result<Vec<String>, ManagerError> {
+        let mut lost = Vec::new();
+        for r in self.store.live_sandboxes()? {
+            if lock(&self.live).contains_key(&r.id) {
+                continue;
+            }
+            if crate::cleanup::pid_alive(r.vmm_pid) {
+                let cmdline = std::fs::read(format!("/proc/{}/cmdline", r.vmm_pid)).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&r.run_dir) {
+                    // SAFETY: kill has no memory effects; the pid was checked to be this VM's QEMU.
+                    unsafe { libc::kill(r.vmm_pid as i32, libc::SIGKILL) };
+                }
+            }
+            let _ = std::fs::remove_dir_all(&r.run_dir);
+            self.store.set_state(&r.id, State::Failed)?;
+            let why = if r.deadline < now() { "lost with the previous daemon (and past its deadline)" } else { "lost with the previous daemon" };
+            self.store.event(Some(&r.id), "lost", why, "kiln")?;
+            lost.push(r.id);
+        }
+        crate::cleanup::sweep(&self.home);
+        Ok(lost)
+    }
+
+    /// The home.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn check_ttl(&self, ttl: Option<Duration>) -> Result<Duration, ManagerError> {
+        let ttl = ttl.unwrap_or(self.limits.default_ttl);
+        if ttl.is_zero() || ttl > self.limits.max_ttl {
+            return Err(ManagerError::Invalid(format!(
+                "ttl_seconds must be between 1 and {}, not {}",
+                self.limits.max_ttl.as_secs(),
+                ttl.as_secs()
+            )));
+        }
+        Ok(ttl)
+    }
+
+    /// Reserves room for `n` sandboxes of `mib` MiB each, or says which limit is in the way.
+    fn reserve(&self, n: usize, mib: u64) -> Result<(), ManagerError> {
+        let live = lock(&self.live);
+        let (count, memory) = live.values().fold((0usize, 0u64), |(c, m), e| (c + 1, m + u64::from(lock(&e.info).memory_mib)));
+        let mut r = lock(&self.reserved);
+        if count + r.0 + n > self.limits.max_sandboxes {
+            self.metrics.limit_refusals.inc();
+            return Err(ManagerError::Limit(format!(
+                "{} sandboxes running or starting; the limit is {} (delete some, or raise --max-sandboxes)",
+                count + r.0,
+                self.limits.max_sandboxes
+            )));
+        }
+        if memory + r.1 + mib * n as u64 > self.limits.max_memory_mib {
+            self.metrics.limit_refusals.inc();
+            return Err(ManagerError::Limit(format!(
+                "{} MiB of guest memory in use or reserved, {} more requested; the limit is {} MiB (raise --max-memory)",
+                memory + r.1,
+                mib * n as u64,
+                self.limits.max_memory_mib
+            )));
+        }
+        r.0 += n;
+        r.1 += mib * n as u64;
+        Ok(())
+    }
+
+    fn release(&self, n: usize, mib: u64) {
+        let mut r = lock(&self.reserved);
+        r.0 = r.0.saturating_sub(n);
+        r.1 = r.1.saturating_sub(mib * n as u64);
+    }
+
+    fn register(&self, sandbox: Sandbox, deadline: i64, template: &str) -> Result<SandboxInfo, ManagerError> {
+        let (mode, parent) = mode_name(sandbox.mode());
+        let info = SandboxInfo {
+            id: sandbox.id().to_owned(),
+            template: template.to_owned(),
+            state: State::Running,
+            created_at: now(),
+            deadline,
+            cpus: sandbox.spec.cpus,
+            memory_mib: sandbox.spec.memory_mib,
+            mode,
+            parent,
+        };
+        let run_dir = sandbox.spec.run_dir.display().to_string();
+        self.store.put_sandbox(&SandboxRecord {
+            id: info.id.clone(),
+            template: info.template.clone(),
+            state: State::Running,
+            created_at: info.created_at,
+            deadline,
+            cpus: info.cpus,
+            memory_mib: info.memory_mib,
+            mode: info.mode.clone(),
+            parent: info.parent.clone(),
+            run_dir: run_dir.clone(),
+            vmm_pid: sandbox.vmm_pid(),
+        })?;
+        let entry = Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), run_dir });
+        lock(&self.live).insert(info.id.clone(), entry);
+        self.metrics.running.set(lock(&self.live).len() as i64);
+        Ok(info)
+    }
+
+    /// Creates a sandbox (restored from its template's snapshot).
+    pub async fn create(&self, req: CreateRequest, actor: &str) -> Result<SandboxInfo, ManagerError> {
+        let ttl = self.check_ttl(req.ttl)?;
+        let def = kiln_image::TemplateDef::find(&req.template).map_err(SandboxError::from)?;
+        let mib = u64::from(req.memory_mib.unwrap_or(def.vm.memory_mib));
+        self.reserve(1, mib)?;
+        let t0 = Instant::now();
+        let opts = SandboxOptions {
+            template: req.template.clone(),
+            cpus: req.cpus,
+            memory_mib: req.memory_mib,
+            env: req.env,
+            forkable: req.forkable,
+            ..SandboxOptions::default()
+        };
+        let created = Sandbox::create(&self.home, &opts, &kiln_image::quiet).await;
+        self.release(1, mib);
+        let sandbox = match created {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.failures.inc();
+                let _ = self.store.event(None, "create_failed", &format!("{}: {e}", req.template), actor);
+                return Err(e.into());
+            }
+        };
+        self.metrics.creates.inc();
+        self.metrics.create_latency.observe(t0.elapsed().as_secs_f64());
+        let deadline = now() + ttl.as_secs() as i64;
+        let info = self.register(sandbox, deadline, &def.name)?;
+        self.store.event(Some(&info.id), "created", &format!("template {} ({}), ttl {}s", info.template, info.mode, ttl.as_secs()), actor)?;
+        Ok(info)
+    }
+
+    fn entry(&self, id: &str) -> Result<Arc<Entry>, ManagerError> {
+        lock(&self.live).get(id).cloned().ok_or_else(|| ManagerError::NotFound(id.to_owned()))
+    }
+
+    /// One live sandbox; a finished one from the store.
+    pub fn get(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
+        if let Ok(e) = self.entry(id) {
+            let info = lock(&e.info).clone();
+            return Ok(info);
+        }
+        Err(ManagerError::NotFound(id.to_owned()))
+    }
+
+    /// Live sandboxes, oldest first.
+    pub fn list(&self) -> Vec<SandboxInfo> {
+        let mut v: Vec<SandboxInfo> = lock(&self.live).values().map(|e| lock(&e.info).clone()).collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    /// Destroys a sandbox.
+    pub async fn delete(&self, id: &str, actor: &str) -> Result<(), ManagerError> {
+        self.finish(id, State::Stopped, "killed", "on request", actor).await
+    }
+
+    /// Removes a sandbox from the registry and destroys its VM, recording why.
+    pub(crate) async fn finish(&self, id: &str, end: State, kind: &str, detail: &str, actor: &str) -> Result<(), ManagerError> {
+        let entry = lock(&self.live).remove(id).ok_or_else(|| ManagerError::NotFound(id.to_owned()))?;
+        self.metrics.running.set(lock(&self.live).len() as i64);
+        lock(&entry.info).state = State::Stopping;
+        let _ = self.store.set_state(id, State::Stopping);
+        // Kill without waiting for running execs (they end with "sandbox destroyed").
+        entry.sandbox.read().await.kill();
+        let _ = std::fs::remove_dir_all(&entry.run_dir);
+        lock(&entry.info).state = end;
+        self.store.set_state(id, end)?;
+        self.store.event(Some(id), kind, detail, actor)?;
+        Ok(())
+    }
+
+    /// Sets a sandbox's deadline to now + `ttl`.
+    pub fn extend(&self, id: &str, ttl: Duration, actor: &str) -> Result<SandboxInfo, ManagerError> {
+        let ttl = self.check_ttl(Some(ttl))?;
+        let e = self.entry(id)?;
+        let deadline = now() + ttl.as_secs() as i64;
+        lock(&e.info).deadline = deadline;
+        self.store.set_deadline(id, deadline)?;
+        self.store.event(Some(id), "extended", &format!("ttl {}s", ttl.as_secs()), actor)?;
+        let info = lock(&e.info).clone();
+        Ok(info)
+    }
+
+    /// A read lease on a running sandbox, for exec and file requests.
+    pub async fn lease(&self, id: &str) -> Result<Lease, ManagerError> {
+        let e = self.entry(id)?;
+        let state = lock(&e.info).state;
+        if !state.can_exec() {
+            return Err(ManagerError::Conflict(format!("sandbox {id} is {}, not running", state.as_str())));
+        }
+        Ok(e.sandbox.clone().read_owned().await)
+    }
+
+    /// Records the outcome of a request run under a lease; a sandbox found dead is failed.
+    pub async fn settle<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, ManagerError> {
+        match r {
+            Err(e @ (SandboxError::Died { .. } | SandboxError::Unresponsive(_))) => {
+                self.metrics.failures.inc();
+                let _ = self.finish(id, State::Failed, "failed", &e.to_string(), "kiln").await;
+                Err(e.into())
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    /// Records an exec and its end in the audit log and metrics.
+    pub fn note_exec(&self, id: &str, command: &str, result: &Result<crate::ExecOutcome, ManagerError>, actor: &str) {
+        self.metrics.execs.inc();
+        let detail = match result {
+            Ok(o) if o.timed_out => format!("{command}: timed out after {} ms", o.duration.as_millis()),
+            Ok(o) => format!("{command}: exit {} after {} ms", o.exit_code(), o.duration.as_millis()),
+            Err(e) => format!("{command}: {e}"),
+        };
+        let _ = self.store.event(Some(id), "exec", &detail, actor);
+    }
+
+    /// Forks a running, forkable sandbox into `count` clones with the parent's deadline.
+    pub async fn fork(&self, id: &str, count: usize, actor: &str) -> Result<Vec<SandboxInfo>, ManagerError> {
+        let e = self.entry(id)?;
+        let (mib, deadline, template) = {
+            let i = lock(&e.info);
+            (u64::from(i.memory_mib), i.deadline, i.template.clone())
+        };
+        if count == 0 || count > crate::fork::MAX_FORK {
+            return Err(ManagerError::Invalid(format!("count must be between 1 and {}, not {count}", crate::fork::MAX_FORK)));
+        }
+        self.reserve(count, mib)?;
+        let mut guard = e.sandbox.write().await;
+        if !guard.is_forkable() {
+            self.release(count, mib);
+            return Err(ManagerError::Conflict(format!("sandbox {id} was not created forkable (create it with \"forkable\": true)")));
+        }
+        lock(&e.info).state = State::Paused;
+        let r = guard.fork(&self.home, count).await;
+        lock(&e.info).state = State::Running;
+        drop(guard);
+        self.release(count, mib);
+        let clones = match r {
+            Ok(c) => c,
+            Err(err) => {
+                let _ = self.store.event(Some(id), "fork_failed", &err.to_string(), actor);
+                return self.settle(id, Err(err)).await;
+            }
+        };
+        let mut infos = Vec::new();
+        for c in clones {
+            let info = self.register(c, deadline, &template)?;
+            self.store.event(Some(&info.id), "created", &format!("forked from {id}"), actor)?;
+            infos.push(info);
+        }
+        self.store.event(Some(id), "forked", &format!("{count} clones"), actor)?;
+        Ok(infos)
+    }
+
+    /// One pass of the reaper: destroys sandboxes past their deadline and fails dead ones.
+    pub async fn reap_once(&self) {
+        let t = now();
+        let entries: Vec<(String, Arc<Entry>)> = lock(&self.live).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (id, e) in entries {
+            let deadline = lock(&e.info).deadline;
+            if deadline <= t {
+                self.metrics.reaps.inc();
+                let _ = self.finish(&id, State::Stopped, "reaped", "TTL expired", "kiln").await;
+                continue;
+            }
+            let dead = match e.sandbox.try_read() {
+                Ok(s) => s.has_died(),
+                Err(_) => false, // being forked; look again next pass
+            };
+            if dead {
+                self.metrics.failures.inc();
+                let _ = self.finish(&id, State::Failed, "failed", "the VM exited", "kiln").await;
+            }
+        }
+    }
+
+    /// Starts the reaper: a pass every `every`.
+    pub fn spawn_reaper(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let m = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(m) = m.upgrade() else { return };
+                m.reap_once().await;
+            }
+        })
+    }
+
+    /// Destroys every sandbox (daemon shutdown).
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
+        for id in ids {
+            let _ = self.finish(&id, State::Stopped, "killed", "daemon shutting down", "kiln").await;
+        }
+    }
+
+    /// Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.running.set(lock(&self.live).len() as i64);
+        self.metrics.render()
+    }
+}
+
+#[cfg(test)]
+mod send_check {
+    #[allow(dead_code)]
+    fn futures_are_send(m: &super::Manager, h: &kiln_image::Home, a: &crate::artifacts::BootArtifacts) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(m.create(Default::default(), "x"));
+        is_send(m.fork("x", 1, "x"));
+        is_send(crate::Sandbox::create(h, &Default::default(), &kiln_image::quiet));
+        is_send(crate::sandbox::ensure_snapshot(h, a, kiln_vmm::Accel::Tcg, 1, 1, std::time::Duration::ZERO, &kiln_image::quiet));
+    }
+}

@@ -1,0 +1,291 @@
+//! The daemon's state in SQLite (`$KILN_HOME/kiln.db`): sandboxes, templates, snapshots, API
+//! tokens (hashed) and an audit log of events. It is what survives a crash of the daemon.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::lifecycle::State;
+
+/// Failure of the state store.
+#[derive(Debug, thiserror::Error)]
+#[error("state database: {0}")]
+pub struct StoreError(#[from] rusqlite::Error);
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A sandbox as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// Id.
+    pub id: String,
+    /// Template name.
+    pub template: String,
+    /// Lifecycle state.
+    pub state: State,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; reaped after.
+    pub deadline: i64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// restored | cold | forked.
+    pub mode: String,
+    /// The sandbox it was forked from.
+    pub parent: Option<String>,
+    /// Run folder on the host.
+    pub run_dir: String,
+    /// Process id of its VMM.
+    pub vmm_pid: u32,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: i64,
+    /// Sandbox id, if about one.
+    pub sandbox: Option<String>,
+    /// created, exec, exited, reaped, killed, failed, forked, lost, ...
+    pub kind: String,
+    /// Free text (exit codes, reasons).
+    pub detail: String,
+    /// Who asked: a token name, "local" for the unix socket, or "kiln" for the daemon itself.
+    pub actor: String,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    db: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY, template TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+    deadline INTEGER NOT NULL, cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, mode TEXT NOT NULL,
+    parent TEXT, run_dir TEXT NOT NULL, vmm_pid INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT PRIMARY KEY, digest TEXT NOT NULL, size_bytes INTEGER NOT NULL, built_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY, template TEXT NOT NULL, created_at INTEGER NOT NULL, bake_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, sandbox TEXT, kind TEXT NOT NULL,
+    detail TEXT NOT NULL, actor TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_sandbox ON events(sandbox);
+";
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
+    let state: String = r.get(2)?;
+    Ok(SandboxRecord {
+        id: r.get(0)?,
+        template: r.get(1)?,
+        state: State::parse(&state).unwrap_or(State::Failed),
+        created_at: r.get(3)?,
+        deadline: r.get(4)?,
+        cpus: r.get(5)?,
+        memory_mib: r.get(6)?,
+        mode: r.get(7)?,
+        parent: r.get(8)?,
+        run_dir: r.get(9)?,
+        vmm_pid: r.get(10)?,
+    })
+}
+
+const COLUMNS: &str = "id, template, state, created_at, deadline, cpus, memory_mib, mode, parent, run_dir, vmm_pid";
+
+impl Store {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Store { db: Mutex::new(db) })
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Store> {
+        let db = Connection::open_in_memory()?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Store { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces a sandbox record.
+    pub fn put_sandbox(&self, s: &SandboxRecord) -> Result<()> {
+        self.db().execute(
+            &format!("INSERT OR REPLACE INTO sandboxes ({COLUMNS}, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
+            params![s.id, s.template, s.state.as_str(), s.created_at, s.deadline, s.cpus, s.memory_mib, s.mode, s.parent, s.run_dir, s.vmm_pid, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a sandbox's state.
+    pub fn set_state(&self, id: &str, state: State) -> Result<()> {
+        self.db().execute("UPDATE sandboxes SET state = ?2, updated_at = ?3 WHERE id = ?1", params![id, state.as_str(), now()])?;
+        Ok(())
+    }
+
+    /// Sets a sandbox's deadline.
+    pub fn set_deadline(&self, id: &str, deadline: i64) -> Result<()> {
+        self.db().execute("UPDATE sandboxes SET deadline = ?2, updated_at = ?3 WHERE id = ?1", params![id, deadline, now()])?;
+        Ok(())
+    }
+
+    /// One sandbox.
+    pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        Ok(self.db().query_row(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"), [id], row_to_record).optional()?)
+    }
+
+    /// Sandboxes not in a final state (what should be alive).
+    pub fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        let db = self.db();
+        let mut st = db.prepare(&format!("SELECT {COLUMNS} FROM sandboxes WHERE state NOT IN ('stopped', 'failed') ORDER BY created_at"))?;
+        let rows = st.query_map([], row_to_record)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Appends an audit event.
+    pub fn event(&self, sandbox: Option<&str>, kind: &str, detail: &str, actor: &str) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO events (at, sandbox, kind, detail, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now(), sandbox, kind, detail, actor],
+        )?;
+        Ok(())
+    }
+
+    /// Events about a sandbox (or all, with `None`), oldest first, at most `limit`.
+    pub fn events(&self, sandbox: Option<&str>, limit: usize) -> Result<Vec<Event>> {
+        let db = self.db();
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Event> {
+            Ok(Event { at: r.get(0)?, sandbox: r.get(1)?, kind: r.get(2)?, detail: r.get(3)?, actor: r.get(4)? })
+        };
+        let rows = match sandbox {
+            Some(id) => db
+                .prepare("SELECT at, sandbox, kind, detail, actor FROM events WHERE sandbox = ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![id, limit as i64], map)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            None => db
+                .prepare("SELECT at, sandbox, kind, detail, actor FROM events ORDER BY id LIMIT ?1")?
+                .query_map(params![limit as i64], map)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// Records a built template.
+    pub fn put_template(&self, name: &str, digest: &str, size_bytes: u64, built_at: u64) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO templates (name, digest, size_bytes, built_at) VALUES (?1, ?2, ?3, ?4)",
+            params![name, digest, size_bytes as i64, built_at as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records a baked snapshot.
+    pub fn put_snapshot(&self, name: &str, template: &str, created_at: u64, bake_ms: u64) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO snapshots (name, template, created_at, bake_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, template, created_at as i64, bake_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Creates an API token named `name`; returns the secret (shown once, stored hashed).
+    pub fn create_token(&self, name: &str) -> Result<String> {
+        let secret = format!("kiln_{}", crate::random::hex(24));
+        self.db().execute(
+            "INSERT OR REPLACE INTO tokens (name, sha256, created_at) VALUES (?1, ?2, ?3)",
+            params![name, token_hash(&secret), now()],
+        )?;
+        Ok(secret)
+    }
+
+    /// The name of the token with this secret, if any.
+    pub fn token_name(&self, secret: &str) -> Result<Option<String>> {
+        Ok(self.db().query_row("SELECT name FROM tokens WHERE sha256 = ?1", [token_hash(secret)], |r| r.get(0)).optional()?)
+    }
+
+    /// Names of all tokens.
+    pub fn token_names(&self) -> Result<Vec<String>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT name FROM tokens ORDER BY name")?;
+        let rows = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes a token; whether it existed.
+    pub fn revoke_token(&self, name: &str) -> Result<bool> {
+        Ok(self.db().execute("DELETE FROM tokens WHERE name = ?1", [name])? > 0)
+    }
+}
+
+fn token_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, state: State) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            template: "tiny".into(),
+            state,
+            created_at: 1,
+            deadline: 2,
+            cpus: 1,
+            memory_mib: 256,
+            mode: "restored".into(),
+            parent: None,
+            run_dir: "/r".into(),
+            vmm_pid: 7,
+        }
+    }
+
+    #[test]
+    fn sandboxes_events_tokens_persist() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("kiln.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_sandbox(&rec("a", State::Running)).unwrap();
+            s.put_sandbox(&rec("b", State::Stopped)).unwrap();
+            s.set_deadline("a", 99).unwrap();
+            s.event(Some("a"), "created", "tiny", "local").unwrap();
+            let secret = s.create_token("ci").unwrap();
+            assert_eq!(s.token_name(&secret).unwrap().as_deref(), Some("ci"));
+            assert_eq!(s.token_name("kiln_wrong").unwrap(), None);
+        }
+        // Reopened: everything is still there; the secret itself is not stored.
+        let s = Store::open(&path).unwrap();
+        let live = s.live_sandboxes().unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].deadline, 99);
+        assert_eq!(s.events(Some("a"), 10).unwrap()[0].kind, "created");
+        assert_eq!(s.token_names().unwrap(), ["ci"]);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("kiln_"), "a token secret is on disk");
+        s.set_state("a", State::Failed).unwrap();
+        assert!(s.live_sandboxes().unwrap().is_empty());
+        assert!(s.revoke_token("ci").unwrap());
+    }
+}

@@ -1,0 +1,35 @@
+//! The HTTP API of `kiln serve`: one routing table ([`routes::ROUTES`]) from which both the
+//! router and the OpenAPI document are built, handlers that translate HTTP into
+//! [`kiln_core::manager::Manager`] calls, errors mapped to statuses in one place, and bearer-token
+//! auth for TCP listeners.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod error;
+pub mod exec;
+pub mod files;
+pub mod meta;
+pub mod openapi;
+pub mod routes;
+pub mod sandboxes;
+pub mod templates;
+
+use std::sync::Arc;
+
+use kiln_core::manager::Manager;
+
+pub use routes::app;
+
+/// What every handler gets.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The sandbox registry.
+    pub manager: Arc<Manager>,
+    /// Whether requests must carry a bearer token (TCP listeners).
+    pub require_token: bool,
+}
+
+/// Who made a request: a token's name, or "local" on the owner-only unix socket.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);

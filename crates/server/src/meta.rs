@@ -1,0 +1,32 @@
+//! Health, metrics, the OpenAPI document, and the answer for unknown routes.
+
+use axum::extract::State;
+use axum::http::{header, Uri};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// `GET /healthz`.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.manager.metrics_text())
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
+}
+
+/// Any other path.
+pub async fn no_route(uri: Uri) -> ApiError {
+    let mut e = ApiError::not_found(format!("no route {} (see /openapi.json)", uri.path()));
+    e.code = "no_route";
+    e
+}

@@ -1,0 +1,104 @@
+//! Sandbox resources: create, list, get, delete, extend, fork.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use kiln_core::manager::{CreateRequest, SandboxInfo};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{parse_json, ApiError, ApiResult};
+use crate::{Actor, AppState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    template: String,
+    ttl_seconds: Option<i64>,
+    cpus: Option<u32>,
+    memory_mib: Option<u32>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    forkable: bool,
+}
+
+fn ttl(secs: i64) -> ApiResult<Duration> {
+    if secs <= 0 {
+        return Err(ApiError::bad_request(format!("ttl_seconds must be positive, not {secs}")));
+    }
+    Ok(Duration::from_secs(secs as u64))
+}
+
+/// `POST /v1/sandboxes`.
+pub async fn create(State(st): State<AppState>, Extension(actor): Extension<Actor>, body: Bytes) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
+    let b: CreateBody = parse_json(&body)?;
+    for k in b.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ApiError::bad_request(format!("env: {k:?} is not a variable name")));
+        }
+    }
+    let req = CreateRequest {
+        template: b.template,
+        ttl: b.ttl_seconds.map(ttl).transpose()?,
+        cpus: b.cpus,
+        memory_mib: b.memory_mib,
+        env: b.env.into_iter().collect(),
+        forkable: b.forkable,
+    };
+    let info = st.manager.create(req, &actor.0).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// `GET /v1/sandboxes`.
+pub async fn list(State(st): State<AppState>) -> Json<Vec<SandboxInfo>> {
+    Json(st.manager.list())
+}
+
+/// `GET /v1/sandboxes/{id}`.
+pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SandboxInfo>> {
+    Ok(Json(st.manager.get(&id)?))
+}
+
+/// `DELETE /v1/sandboxes/{id}`.
+pub async fn delete(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    st.manager.delete(&id, &actor.0).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    ttl_seconds: i64,
+}
+
+/// `POST /v1/sandboxes/{id}/extend`.
+pub async fn extend(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<SandboxInfo>> {
+    let b: ExtendBody = parse_json(&body)?;
+    Ok(Json(st.manager.extend(&id, ttl(b.ttl_seconds)?, &actor.0)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForkBody {
+    #[serde(default = "one")]
+    count: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// `POST /v1/sandboxes/{id}/fork`.
+pub async fn fork(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let b: ForkBody = parse_json(&body)?;
+    if b.count < 1 {
+        return Err(ApiError::bad_request(format!("count must be at least 1, not {}", b.count)));
+    }
+    let clones = st.manager.fork(&id, b.count as usize, &actor.0).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "sandboxes": clones }))))
+}

@@ -1,0 +1,65 @@
+//! Template resources: list, build, bake.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use kiln_image::{rootfs, BuiltTemplate, TemplateDef};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{parse_json, ApiError, ApiResult};
+use crate::{Actor, AppState};
+
+fn template_json(t: &BuiltTemplate) -> Value {
+    json!({ "name": t.name, "digest": t.rootfs.hex(), "size_bytes": t.size_bytes, "built_at": t.built_at,
+            "cpus": t.cpus, "memory_mib": t.memory_mib, "description": t.description, "built": true })
+}
+
+/// `GET /v1/templates`.
+pub async fn list(State(st): State<AppState>) -> Json<Vec<Value>> {
+    let home = st.manager.home();
+    let built = BuiltTemplate::list(home);
+    let mut v: Vec<Value> = built.iter().map(template_json).collect();
+    for n in TemplateDef::known_names() {
+        if !built.iter().any(|t| t.name == n) {
+            v.push(json!({ "name": n, "built": false }));
+        }
+    }
+    Json(v)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildBody {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /v1/templates/{name}/build`.
+pub async fn build(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let b: BuildBody = parse_json(&body)?;
+    let def = TemplateDef::find(&name).map_err(kiln_core::SandboxError::from)?;
+    let home = st.manager.home().clone();
+    let built = tokio::task::spawn_blocking(move || rootfs::build(&home, &def, b.force, &kiln_image::quiet))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("build task failed: {e}")))?
+        .map_err(kiln_core::SandboxError::from)?;
+    let store = st.manager.store();
+    let _ = store.put_template(&built.name, built.rootfs.hex(), built.size_bytes, built.built_at);
+    let _ = store.event(None, "template_built", &format!("{} {}", built.name, built.rootfs), &actor.0);
+    Ok(Json(template_json(&built)))
+}
+
+/// `POST /v1/templates/{name}/bake`.
+pub async fn bake(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let home = st.manager.home();
+    let artifacts = kiln_core::artifacts::prepare(home, &name, &kiln_image::quiet)?;
+    let (accel, _) = kiln_core::accel::resolve(home, Default::default()).await?;
+    let (cpus, mem) = (artifacts.template.cpus, artifacts.template.memory_mib);
+    let snap = kiln_core::sandbox::ensure_snapshot(home, &artifacts, accel, cpus, mem, std::time::Duration::from_secs(120), &kiln_image::quiet).await?;
+    let snap_name = snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let store = st.manager.store();
+    let _ = store.put_snapshot(&snap_name, &name, snap.meta.created_at, snap.meta.bake_ms);
+    let _ = store.event(None, "template_baked", &snap_name, &actor.0);
+    Ok(Json(json!({ "template": name, "snapshot": snap_name, "bake_ms": snap.meta.bake_ms })))
+}
