@@ -27,7 +27,16 @@ fn python_sdk_against_a_real_daemon() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run python3 -m pytest (apt-get install python3-pytest)");
-    // SAFETY-free shutdown: SIGTERM via the kill command, then wait.
+    // The README's orchestrator example: builds a C project in a `base` sandbox and exits with
+    // the build's exit code.
+    let example = Command::new("python3")
+        .args(["examples/build_project.py", "base"])
+        .current_dir(&sdk)
+        .env("KILN_HOST", format!("unix://{}", socket.display()))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run the example");
+    // Shut the daemon down: SIGTERM, then wait.
     let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
     let _ = wait_until(Duration::from_secs(10), || daemon.try_wait().ok().flatten().is_some());
     let _ = daemon.kill();
@@ -36,5 +45,8 @@ fn python_sdk_against_a_real_daemon() {
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pytest failed");
     assert!(stdout.contains("passed") && !stdout.contains("skipped"), "the daemon tests did not run: {stdout}");
+    let ex_out = String::from_utf8_lossy(&example.stdout);
+    assert_eq!(example.status.code(), Some(0), "{ex_out}\n{}", String::from_utf8_lossy(&example.stderr));
+    assert!(ex_out.contains("hello from the microVM"), "{ex_out}");
     th.assert_clean();
 }

@@ -124,6 +124,19 @@ impl std::fmt::Debug for Manager {
     }
 }
 
+/// Moves a sandbox to `to` if the lifecycle allows it; an impossible move is a bug, reported
+/// on stderr and refused.
+fn transition(info: &Mutex<SandboxInfo>, to: State) -> bool {
+    let mut i = lock(info);
+    if i.state.valid_transition(to) {
+        i.state = to;
+        true
+    } else {
+        eprintln!("kiln: refused state change of {} from {} to {}", i.id, i.state.as_str(), to.as_str());
+        false
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -328,12 +341,12 @@ impl Manager {
     pub(crate) async fn finish(&self, id: &str, end: State, kind: &str, detail: &str, actor: &str) -> Result<(), ManagerError> {
         let entry = lock(&self.live).remove(id).ok_or_else(|| ManagerError::NotFound(id.to_owned()))?;
         self.metrics.running.set(lock(&self.live).len() as i64);
-        lock(&entry.info).state = State::Stopping;
+        transition(&entry.info, State::Stopping);
         let _ = self.store.set_state(id, State::Stopping);
         // Kill without waiting for running execs (they end with "sandbox destroyed").
         entry.sandbox.read().await.kill();
         let _ = std::fs::remove_dir_all(&entry.run_dir);
-        lock(&entry.info).state = end;
+        transition(&entry.info, end);
         self.store.set_state(id, end)?;
         self.store.event(Some(id), kind, detail, actor)?;
         Ok(())
@@ -400,9 +413,9 @@ impl Manager {
             self.release(count, mib);
             return Err(ManagerError::Conflict(format!("sandbox {id} was not created forkable (create it with \"forkable\": true)")));
         }
-        lock(&e.info).state = State::Paused;
+        transition(&e.info, State::Paused);
         let r = guard.fork(&self.home, count).await;
-        lock(&e.info).state = State::Running;
+        transition(&e.info, State::Running);
         drop(guard);
         self.release(count, mib);
         let clones = match r {
