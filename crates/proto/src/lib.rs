@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod limits;
 pub mod messages;
+pub mod tunnel;
 
 pub use frame::{encode, DecodeError, FrameDecoder};
 pub use limits::*;
