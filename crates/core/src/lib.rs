@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod sparse;
 pub mod store;
+pub mod tunnel;
 
 pub use agent::Agent;
 pub use error::SandboxError;

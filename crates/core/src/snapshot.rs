@@ -32,7 +32,7 @@ use crate::artifacts::BootArtifacts;
 use crate::error::SandboxError;
 
 /// Version of the snapshot folder layout and metadata.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
 /// The files of a snapshot that are checksummed.
 pub const FILES: [&str; 3] = ["memory", "state", "disk.qcow2"];
 

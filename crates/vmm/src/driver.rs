@@ -65,6 +65,10 @@ pub trait Vm: Send {
     fn control_socket(&self) -> PathBuf {
         self.run_dir().join("control.sock")
     }
+    /// The unix socket bridged to the guest's egress tunnel port.
+    fn net_socket(&self) -> PathBuf {
+        self.run_dir().join("net.sock")
+    }
     /// The serial console log.
     fn console_log(&self) -> PathBuf {
         self.run_dir().join("console.log")

@@ -64,6 +64,10 @@ impl Qemu {
         push(&["-device", "virtio-serial-device"]);
         push(&["-chardev", &format!("socket,id=ctl,path={},server=on,wait=off", run("control.sock"))]);
         push(&["-device", &format!("virtserialport,chardev=ctl,name={}", kiln_proto::CONTROL_PORT)]);
+        // The egress tunnel: always present, so every VM (and every snapshot) has the same
+        // device layout; nothing flows unless kiln attaches a proxy to it.
+        push(&["-chardev", &format!("socket,id=net,path={},server=on,wait=off", run("net.sock"))]);
+        push(&["-device", &format!("virtserialport,chardev=net,name={}", kiln_proto::tunnel::NET_PORT)]);
         if let Some(disk) = &spec.disk {
             push(&["-drive", &format!("file={},if=none,id=d0,format=qcow2,cache=unsafe,discard=unmap", disk.display())]);
             push(&["-device", "virtio-blk-device,drive=d0"]);
@@ -237,7 +241,8 @@ mod tests {
         assert!(a.contains("-M microvm,"), "{a}");
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("-smp 2 -m 256M"), "{a}");
-        assert!(a.contains("virtserialport,chardev=ctl,name=kiln"), "{a}");
+        assert!(a.contains("virtserialport,chardev=ctl,name=kiln "), "{a}");
+        assert!(a.contains("virtserialport,chardev=net,name=kiln.net"), "{a}");
         assert!(a.contains("file=/r/overlay.qcow2,if=none,id=d0,format=qcow2"), "{a}");
         assert!(!a.contains("-incoming"), "{a}");
         let mut s = spec();
