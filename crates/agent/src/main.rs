@@ -6,7 +6,8 @@
 //!
 //! Threads: the main thread reads and dispatches frames ([`server`]); one writer owns the
 //! output ([`outbox`]); one reaper collects every exited child ([`reaper`]); each exec and each
-//! file read runs on a thread of its own ([`exec`], [`files`]).
+//! file read runs on a thread of its own ([`exec`], [`files`]). As PID 1, one more thread
+//! carries the guest's proxy connections over the egress tunnel's port ([`tunnel`]).
 
 #[macro_use]
 mod log;
@@ -25,6 +26,7 @@ mod port;
 mod reaper;
 mod server;
 mod sys;
+mod tunnel;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,7 @@ fn main() {
 /// Boots, then serves on the control port. Never returns: PID 1 must not exit.
 fn run_pid1() -> ! {
     log::guarded("boot", boot::boot);
+    tunnel::start();
     let reaper = Reaper::start();
     let slot = Arc::new(Mutex::new(None));
     let outbox = Outbox::start(PortSink { slot: slot.clone() });

@@ -1,5 +1,6 @@
-//! The virtio-serial control port (PID 1 mode): finding it, reading from it across host
-//! disconnects and reconnects, and writing frames to it.
+//! The virtio-serial ports (PID 1 mode): finding one by name, and for the control port reading
+//! from it across host disconnects and reconnects, and writing frames to it. The egress tunnel
+//! ([`crate::tunnel`]) finds and opens its port the same way.
 //!
 //! Port semantics: it is exclusive, so it is opened once, read-write. `read()` returns 0 while
 //! the host side is disconnected and writes cannot proceed then. A disconnect ends the
@@ -31,33 +32,34 @@ const PORT_WAIT: Duration = Duration::from_secs(10);
 /// The open port, shared by the reader (which opens it) and the writer.
 pub type PortSlot = Arc<Mutex<Option<Arc<File>>>>;
 
-/// The device of the control port: the virtio port whose sysfs `name` is [`CONTROL_PORT`].
-fn find() -> Option<PathBuf> {
+/// The device of the virtio port whose sysfs `name` is `name`.
+pub fn find(name: &str) -> Option<PathBuf> {
     let dir = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
     dir.flatten()
-        .find(|e| std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == CONTROL_PORT))
+        .find(|e| std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
         .map(|e| PathBuf::from("/dev").join(e.file_name()))
 }
 
-/// Waits (forever, logging now and then) until the port exists and opens.
-fn open() -> File {
+/// Waits (forever, logging now and then) until the port named `name` exists and opens
+/// (read-write, non-blocking).
+pub fn open(name: &str) -> File {
     let start = Instant::now();
     let mut next_log = start + PORT_WAIT;
     loop {
         let mut last_err = None;
-        if let Some(path) = find() {
+        if let Some(path) = find(name) {
             let opened = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(&path);
             match opened {
                 Ok(f) => {
-                    log!("control port {} open after {:?}", path.display(), start.elapsed());
+                    log!("port {name} ({}) open after {:?}", path.display(), start.elapsed());
                     return f;
                 }
                 Err(e) => last_err = Some(format!("{}: {e}", path.display())),
             }
         }
         if Instant::now() >= next_log {
-            let why = last_err.unwrap_or_else(|| format!("no virtio port named {CONTROL_PORT}"));
-            log!("still waiting for the control port after {:?} ({why})", start.elapsed());
+            let why = last_err.unwrap_or_else(|| format!("no virtio port named {name}"));
+            log!("still waiting for the port {name} after {:?} ({why})", start.elapsed());
             next_log += PORT_WAIT;
         }
         std::thread::sleep(POLL_INTERVAL);
@@ -68,7 +70,7 @@ fn open() -> File {
 pub fn serve(server: &mut Server, slot: &PortSlot) -> ! {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let port = Arc::new(open());
+        let port = Arc::new(open(CONTROL_PORT));
         *lock(slot) = Some(port.clone());
         let mut connected = false;
         loop {

@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 mod cmd_bench;
+mod cmd_ci;
 mod cmd_doctor;
 mod cmd_run;
 mod cmd_sandbox;
 mod cmd_serve;
 mod cmd_template;
 mod cmd_token;
+mod cmd_verify;
 mod exit;
 mod smaps;
 
@@ -23,7 +25,8 @@ Exit codes:
   127      the command was not found in the guest
   128+N    the command was killed by signal N
   2        bad usage or input (unknown flag or template, malformed value)
-  130      interrupted (Ctrl-C); the VM was destroyed";
+  130      interrupted (Ctrl-C); the VM was destroyed
+  1        kiln verify: the provenance does not verify";
 
 /// Run untrusted build steps in disposable microVMs.
 #[derive(Debug, Parser)]
@@ -42,6 +45,11 @@ enum Cmd {
     Template(cmd_template::TemplateCmd),
     /// Check that this host can run kiln, and say what to fix.
     Doctor(cmd_doctor::DoctorArgs),
+    /// CI: build a repository's ref in fresh microVMs (`kiln ci run`).
+    #[command(subcommand)]
+    Ci(cmd_ci::CiCmd),
+    /// Check an artifact against its signed provenance (signature and sha256); exit 1 if not.
+    Verify(cmd_verify::VerifyArgs),
     /// Run the daemon: the HTTP API over a unix socket (and TCP on request).
     Serve(cmd_serve::ServeArgs),
     /// Create, list, run commands in, fork, extend and kill sandboxes (talks to `kiln serve`).
@@ -74,6 +82,8 @@ fn main() {
             Cmd::Doctor(a) => cmd_doctor::run(a).await,
             Cmd::Bench(b) => cmd_bench::run(b).await,
             Cmd::Serve(a) => cmd_serve::run(a).await,
+            Cmd::Ci(c) => cmd_ci::run(c).await,
+            Cmd::Verify(a) => cmd_verify::run(a),
             Cmd::Sandbox(c) => cmd_sandbox::run(c).await,
             Cmd::Cp(a) => cmd_sandbox::cp(a).await,
             Cmd::Token(t) => cmd_token::run(t),

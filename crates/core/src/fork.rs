@@ -40,6 +40,8 @@ pub const MAX_FORK: usize = 64;
 pub struct ForkBase {
     dir: PathBuf,
     memory: PathBuf,
+    /// Removed when the last sandbox on it is gone (fork bases); kept (persisted checkpoints).
+    owned: bool,
     /// The base this one's disk rests on (a sandbox forked twice).
     _parent: Option<Arc<ForkBase>>,
 }
@@ -53,8 +55,36 @@ impl ForkBase {
 
 impl Drop for ForkBase {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(&self.memory);
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_file(&self.memory);
+        }
+    }
+}
+
+/// Machine shape and command line of a persisted checkpoint (`spec.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CheckpointSpec {
+    cmdline: String,
+    cpus: u32,
+    memory_mib: u32,
+}
+
+impl ForkBase {
+    /// Keeps this base beyond its sandboxes: hard links (or copies, across filesystems) of its
+    /// frozen files into `dir` (state, disk) and `memory` (RAM, in the tmpfs), plus `spec.json`.
+    /// The disk's backing chain (the template snapshot) must stay where it is.
+    pub fn persist(&self, like: &VmSpec, dir: &Path, memory: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let link = |from: &Path, to: &Path| -> std::io::Result<()> {
+            let _ = std::fs::remove_file(to);
+            std::fs::hard_link(from, to).or_else(|_| crate::sparse::copy(from, to).map(|_| ()))
+        };
+        link(&self.dir.join("state"), &dir.join("state"))?;
+        link(&self.dir.join("disk.qcow2"), &dir.join("disk.qcow2"))?;
+        link(&self.memory, memory)?;
+        let spec = CheckpointSpec { cmdline: like.cmdline.clone(), cpus: like.cpus, memory_mib: like.memory_mib };
+        std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("json"))
     }
 }
 
@@ -86,6 +116,63 @@ async fn restore_from(base: &ForkBase, like: &VmSpec, run_dir: &Path, memory: Me
 }
 
 impl Sandbox {
+    /// The fork base this sandbox rests on, if it was forked (or restored from a checkpoint).
+    pub fn fork_base(&self) -> Option<&Arc<ForkBase>> {
+        self.base.as_ref()
+    }
+
+    /// The launch spec (to persist a checkpoint with).
+    pub fn vm_spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    /// Restores a new sandbox (a private copy-on-write clone) from a checkpoint persisted with
+    /// [`ForkBase::persist`]. The checkpoint's files are never written.
+    pub async fn from_checkpoint(home: &Home, dir: &Path, memory: &Path, artifacts: crate::artifacts::BootArtifacts, accel: kiln_vmm::Accel, env: Vec<(String, String)>) -> Result<Sandbox, SandboxError> {
+        let spec: CheckpointSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json")).map_err(io(format!("read {}/spec.json", dir.display())))?)
+            .map_err(|e| SandboxError::Invalid(format!("checkpoint {}: {e}", dir.display())))?;
+        let base = Arc::new(ForkBase { dir: dir.to_owned(), memory: memory.to_owned(), owned: false, _parent: None });
+        let (id, run_dir) = Sandbox::new_run_dir(home)?;
+        let like = VmSpec {
+            kernel: artifacts.kernel_path.clone(),
+            initrd: artifacts.initrd_path.clone(),
+            cmdline: spec.cmdline,
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            accel,
+            disk: None,
+            run_dir: run_dir.clone(),
+            memory: Memory::Anonymous,
+            incoming: true,
+        };
+        let restored = restore_from(&base, &like, &run_dir, Memory::File { path: memory.to_owned(), shared: false }, Duration::from_secs(60)).await;
+        let (vm, agent, info, died, spec, boot) = match restored {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
+        let sandbox = Sandbox {
+            id,
+            vm: Mutex::new(Some(vm)),
+            agent,
+            info,
+            accel,
+            died,
+            timings: CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO },
+            artifacts,
+            mode: CreateMode::Restored(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            spec,
+            machine_id: crate::random::hex(16),
+            env,
+            base: Some(base),
+            fork_timing: None,
+        };
+        sandbox.set_identity().await?;
+        Ok(sandbox)
+    }
+
     /// Timing of this sandbox's last fork.
     pub fn last_fork_timing(&self) -> Option<ForkTiming> {
         self.fork_timing
@@ -115,7 +202,12 @@ impl Sandbox {
         let name = format!("fork-{}", crate::random::hex(6));
         let dir = home.run().join(&name);
         crate::cleanup::make_owned_dir(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let base = Arc::new(ForkBase { dir, memory: home.shm().join(format!("{name}.{}.memory", std::process::id())), _parent: self.base.clone() });
+        let base = Arc::new(ForkBase {
+            dir,
+            memory: home.shm().join(format!("{name}.{}.memory", std::process::id())),
+            owned: true,
+            _parent: self.base.clone(),
+        });
         {
             let vm = self.vm.get_mut().unwrap_or_else(|e| e.into_inner());
             let vm = vm.as_mut().ok_or_else(|| SandboxError::Invalid("the sandbox was destroyed".into()))?;

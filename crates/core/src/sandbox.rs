@@ -318,6 +318,11 @@ impl Sandbox {
         self.map_err(r).await
     }
 
+    /// The unix socket of the VM's egress tunnel port (see [`crate::tunnel`]).
+    pub fn net_socket(&self) -> PathBuf {
+        self.spec.run_dir.join("net.sock")
+    }
+
     /// Whether its VM has exited on its own.
     pub fn has_died(&self) -> bool {
         self.died.lock().unwrap_or_else(|e| e.into_inner()).is_some()

@@ -55,6 +55,10 @@ pub async fn serve(socket: &Path, handler: Handler) -> String {
 pub async fn serve_stream(stream: UnixStream, handler: Handler) -> String {
     let (mut r, mut w) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<NetMsg>(256);
+    // A new session starts with a marker both ways; bytes before the guest's marker are the tail
+    // of frames it wrote to a previous host (after a restore or reconnect) and are skipped.
+    let _ = tx.try_send(SESSION_MARKER);
+    let mut synced = false;
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             if w.write_all(&encode(&m)).await.is_err() {
@@ -72,6 +76,12 @@ pub async fn serve_stream(stream: UnixStream, handler: Handler) -> String {
             Err(e) => break format!("read: {e}"),
         };
         dec.push(&buf[..n]);
+        if !synced {
+            if dec.resync(|m: &NetMsg| *m == SESSION_MARKER).is_none() {
+                continue;
+            }
+            synced = true;
+        }
         loop {
             let msg: NetMsg = match dec.next() {
                 Ok(Some(m)) => m,
@@ -90,6 +100,9 @@ pub async fn serve_stream(stream: UnixStream, handler: Handler) -> String {
     writer.abort();
     why
 }
+
+/// `Reset` of the connection id no connection has: the start of a tunnel session.
+pub const SESSION_MARKER: NetMsg = NetMsg::Reset { conn: u32::MAX };
 
 fn on_message(msg: NetMsg, conns: &Conns, tx: &mpsc::Sender<NetMsg>, handler: &Handler) {
     match msg {
@@ -115,7 +128,10 @@ fn on_message(msg: NetMsg, conns: &Conns, tx: &mpsc::Sender<NetMsg>, handler: &H
         }
         NetMsg::Data { conn, data } => {
             let map = lock(conns);
-            let Some(c) = map.get(&conn) else { return };
+            let Some(c) = map.get(&conn) else {
+                let _ = tx.try_send(NetMsg::Reset { conn });
+                return;
+            };
             let inflight = c.guest_inflight.fetch_add(data.len() as i64, Ordering::SeqCst) + data.len() as i64;
             if inflight > i64::from(WINDOW) {
                 // The guest ignored its credit: drop the connection.
@@ -249,6 +265,10 @@ mod tests {
         let (host, mut guest) = UnixStream::pair().unwrap();
         tokio::spawn(serve_stream(host, echo()));
         let mut dec = FrameDecoder::new();
+        assert_eq!(next(&mut guest, &mut dec).await, SESSION_MARKER);
+        // Stale bytes from an earlier session, then the marker.
+        guest.write_all(&encode(&NetMsg::Data { conn: 1, data: b"stale".to_vec() })[3..]).await.unwrap();
+        guest.write_all(&encode(&SESSION_MARKER)).await.unwrap();
         guest.write_all(&encode(&NetMsg::Open { conn: 7 })).await.unwrap();
         guest.write_all(&encode(&NetMsg::Data { conn: 7, data: b"hello".to_vec() })).await.unwrap();
         let mut got = Vec::new();
@@ -282,6 +302,7 @@ mod tests {
             })
         });
         tokio::spawn(serve_stream(host, stuck));
+        guest.write_all(&encode(&SESSION_MARKER)).await.unwrap();
         guest.write_all(&encode(&NetMsg::Open { conn: 1 })).await.unwrap();
         let chunk = vec![0u8; MAX_CHUNK];
         // Credit comes back only for what fits the 64 KiB pipe to the handler; past that and
@@ -293,7 +314,7 @@ mod tests {
         loop {
             match next(&mut guest, &mut dec).await {
                 NetMsg::Reset { conn: 1 } => break,
-                NetMsg::Credit { .. } => {}
+                NetMsg::Credit { .. } | NetMsg::Reset { conn: u32::MAX } => {}
                 other => panic!("{other:?}"),
             }
         }

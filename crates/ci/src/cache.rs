@@ -1,0 +1,70 @@
+//! The setup cache: the VM right after `--setup`, saved as a checkpoint keyed by the template's
+//! snapshot, the setup command and the contents of the `--cache-key` files. Only trusted runs
+//! write entries; untrusted runs restore private copy-on-write clones of them, so whatever they
+//! change dies with their VM. Setup steps that were given secrets are never cached.
+
+use std::path::{Path, PathBuf};
+
+use kiln_core::fork::ForkBase;
+use kiln_image::Home;
+use kiln_vmm::VmSpec;
+
+use crate::CiError;
+
+/// The key of a setup: digest of everything that determines it.
+pub fn key(snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Result<String, CiError> {
+    let mut text = format!("kiln-ci-cache-v1\nsnapshot {snapshot}\nsetup {setup}\n");
+    for f in key_files {
+        let bytes = std::fs::read(f).map_err(|e| CiError::Io(format!("--cache-key {}: {e}", f.display())))?;
+        text.push_str(&format!("file {} {}\n", f.display(), crate::run::sha256_hex(&bytes)));
+    }
+    Ok(crate::run::sha256_hex(text.as_bytes()))
+}
+
+/// One cache entry's location.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Folder: `KILN_HOME/ci-cache/<key>` (state, disk.qcow2, spec.json).
+    pub dir: PathBuf,
+    /// RAM file in the tmpfs.
+    pub memory: PathBuf,
+    key: String,
+}
+
+impl Entry {
+    /// The entry for `key`.
+    pub fn new(home: &Home, key: &str) -> Entry {
+        Entry { dir: home.root().join("ci-cache").join(key), memory: home.shm().join(format!("ci-{key}.memory")), key: key.to_owned() }
+    }
+
+    /// Short form of the key.
+    pub fn key_short(&self) -> &str {
+        &self.key[..12]
+    }
+
+    /// Whether a complete entry is there (its RAM file too: the tmpfs does not survive reboots).
+    pub fn is_valid(&self, _home: &Home) -> bool {
+        ["state", "disk.qcow2", "spec.json", "complete"].iter().all(|f| self.dir.join(f).is_file()) && self.memory.is_file()
+    }
+
+    /// Writes the entry from a fork base (atomically: a `complete` marker goes last).
+    pub fn write(&self, base: &ForkBase, like: &VmSpec) -> Result<(), String> {
+        let tmp = self.dir.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        base.persist(like, &tmp, &self.memory).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::rename(&tmp, &self.dir).map_err(|e| e.to_string())?;
+        std::fs::write(self.dir.join("complete"), b"").map_err(|e| e.to_string())
+    }
+}
+
+/// Removes an entry (tests, and `--trusted` runs that want a fresh one).
+pub fn remove(entry: &Entry) {
+    let _ = std::fs::remove_dir_all(&entry.dir);
+    let _ = std::fs::remove_file(&entry.memory);
+}
+
+/// Whether `p` is inside the cache folder.
+pub fn is_cache_path(home: &Home, p: &Path) -> bool {
+    p.starts_with(home.root().join("ci-cache"))
+}

@@ -1,0 +1,489 @@
+//! `kiln ci run`: the whole job.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use kiln_core::sandbox::{ensure_snapshot, qemu_version};
+use kiln_core::snapshot::Expected;
+use kiln_core::{ExecRequest, Output, Sandbox, SandboxError, SandboxOptions};
+use kiln_image::Home;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::mask::Masker;
+use crate::source::{self, Source};
+use crate::{artifacts, CiError};
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct CiConfig {
+    /// A local path or a URL.
+    pub repo: String,
+    /// Branch, tag, commit or HEAD.
+    pub git_ref: String,
+    /// The build command (shell, run in /work/src).
+    pub build: String,
+    /// The setup command, cached by `cache_keys` (shell, run in /work/src).
+    pub setup: Option<String>,
+    /// Hard timeout of each step.
+    pub timeout: Duration,
+    /// Template.
+    pub template: String,
+    /// Secrets: (name, value), for the build step's environment only.
+    pub secrets: Vec<(String, String)>,
+    /// Give the secrets to the setup step too (then the setup is never cached).
+    pub setup_secrets: bool,
+    /// Egress allowlist entries.
+    pub allow: Vec<String>,
+    /// Files whose contents key the setup cache.
+    pub cache_keys: Vec<PathBuf>,
+    /// A trusted run may write cache entries; an untrusted one only reads them.
+    pub trusted: bool,
+    /// Matrix axes.
+    pub matrix: Vec<(String, Vec<String>)>,
+    /// Artifact globs (relative to /work/src).
+    pub artifacts: Vec<String>,
+    /// Output folder (logs, artifacts, provenance, report).
+    pub out: PathBuf,
+    /// Cells run at once.
+    pub parallel: usize,
+}
+
+/// The egress side the runner plugs into every VM.
+pub trait Egress: Send + Sync {
+    /// A handler for tunnelled connections of a VM.
+    fn handler(&self) -> kiln_core::tunnel::Handler;
+    /// Also allow this host:port (for cloning a URL), or stop allowing it (`None`).
+    fn allow_extra(&self, entry: Option<String>);
+    /// Every attempt so far, for the report.
+    fn report(&self) -> serde_json::Value;
+}
+
+/// Facts about one cell's build, for its provenance.
+#[derive(Debug, Clone)]
+pub struct CellFacts {
+    /// The run's config.
+    pub repo: String,
+    /// The ref.
+    pub git_ref: String,
+    /// The commit built.
+    pub commit: String,
+    /// Build command.
+    pub build: String,
+    /// Setup command.
+    pub setup: Option<String>,
+    /// The cell's matrix values.
+    pub matrix: BTreeMap<String, String>,
+    /// Template name.
+    pub template: String,
+    /// Template rootfs digest.
+    pub template_digest: String,
+    /// Snapshot name (its key digest).
+    pub snapshot: String,
+    /// Invocation id.
+    pub invocation: String,
+    /// Start.
+    pub started: SystemTime,
+    /// End.
+    pub finished: SystemTime,
+    /// (path, sha256) of each artifact.
+    pub artifacts: Vec<(String, String)>,
+}
+
+/// Writes a signed provenance file for a cell, returns its path.
+pub type Signer = Arc<dyn Fn(&CellFacts, &Path) -> Result<PathBuf, String> + Send + Sync>;
+
+/// Where the output of the build goes as it happens (cell label, masked bytes, is-stderr).
+pub type Sink = Arc<dyn Fn(&str, &[u8], bool) + Send + Sync>;
+
+/// One cell's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CellReport {
+    /// "KEY=v,KEY2=w" or "default".
+    pub name: String,
+    /// Its matrix values.
+    pub env: BTreeMap<String, String>,
+    /// Exit code (124 timeout).
+    pub exit_code: i32,
+    /// Timed out.
+    pub timed_out: bool,
+    /// Build duration.
+    pub duration_ms: u64,
+    /// Masked log on the host.
+    pub log: PathBuf,
+    /// Artifacts copied out.
+    pub artifacts: Vec<artifacts::Artifact>,
+    /// Signed provenance, if any artifacts.
+    pub provenance: Option<PathBuf>,
+    /// What went wrong, if kiln itself failed for this cell.
+    pub error: Option<String>,
+}
+
+/// The report of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Repo.
+    pub repo: String,
+    /// Ref.
+    pub git_ref: String,
+    /// Commit built.
+    pub commit: String,
+    /// Template.
+    pub template: String,
+    /// Setup command.
+    pub setup: Option<String>,
+    /// Setup exit code (when it ran).
+    pub setup_exit_code: Option<i32>,
+    /// Build command.
+    pub build: String,
+    /// Cache: key, hit, written.
+    pub cache: serde_json::Value,
+    /// Cells.
+    pub cells: Vec<CellReport>,
+    /// Egress attempts.
+    pub egress: serde_json::Value,
+    /// The run's exit code.
+    pub exit_code: i32,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+fn cells(matrix: &[(String, Vec<String>)]) -> Vec<BTreeMap<String, String>> {
+    let mut out = vec![BTreeMap::new()];
+    for (k, values) in matrix {
+        out = out.into_iter().flat_map(|c| values.iter().map(move |v| { let mut c = c.clone(); c.insert(k.clone(), v.clone()); c })).collect();
+    }
+    out
+}
+
+fn cell_name(env: &BTreeMap<String, String>) -> String {
+    if env.is_empty() {
+        return "default".into();
+    }
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn proxy_env() -> Vec<(String, String)> {
+    let p = format!("http://{}", kiln_proto::tunnel::GUEST_PROXY_ADDR);
+    ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+        .iter()
+        .map(|k| ((*k).to_owned(), p.clone()))
+        .chain([("NO_PROXY".into(), "localhost,127.0.0.1".into()), ("no_proxy".into(), "localhost,127.0.0.1".into()), ("CI".into(), "true".into())])
+        .collect()
+}
+
+/// Runs a command, masked output to `sink` and `log`; returns the outcome.
+#[allow(clippy::too_many_arguments)]
+async fn step(sbx: &Sandbox, script: &str, cwd: &str, env: Vec<(String, String)>, timeout: Duration, label: &str, masker: &Mutex<(Masker, Masker)>, sink: &Sink, log: &mut Vec<u8>) -> Result<kiln_core::ExecOutcome, SandboxError> {
+    let mut req = ExecRequest::shell(script).cwd(cwd).timeout(timeout);
+    req.env = env;
+    let r = sbx
+        .exec(req, |o| {
+            let mut m = masker.lock().unwrap_or_else(|e| e.into_inner());
+            let (bytes, err) = match o {
+                Output::Stdout(d) => (m.0.push(d), false),
+                Output::Stderr(d) => (m.1.push(d), true),
+            };
+            log.extend_from_slice(&bytes);
+            sink(label, &bytes, err);
+        })
+        .await;
+    let mut m = masker.lock().unwrap_or_else(|e| e.into_inner());
+    let (o, e) = (m.0.finish(), m.1.finish());
+    log.extend_from_slice(&o);
+    log.extend_from_slice(&e);
+    sink(label, &o, false);
+    sink(label, &e, true);
+    r
+}
+
+async fn quiet(sbx: &Sandbox, script: &str, env: Vec<(String, String)>) -> Result<(i32, String, String), SandboxError> {
+    let mut req = ExecRequest::shell(script).timeout(Duration::from_secs(600));
+    req.env = env;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let o = sbx
+        .exec(req, |o| match o {
+            Output::Stdout(d) => out.extend_from_slice(d),
+            Output::Stderr(d) => err.extend_from_slice(d),
+        })
+        .await?;
+    Ok((o.exit_code(), String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned()))
+}
+
+fn attach_egress(sbx: &Sandbox, egress: &Arc<dyn Egress>) -> tokio::task::JoinHandle<String> {
+    let socket = sbx.net_socket();
+    let handler = egress.handler();
+    tokio::spawn(async move { kiln_core::tunnel::serve(&socket, handler).await })
+}
+
+/// Runs the job. Errors are kiln's own failures (exit 125); build failures are in the report.
+pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Signer, sink: Sink, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Report, CiError> {
+    let t0 = Instant::now();
+    let started = SystemTime::now();
+    std::fs::create_dir_all(&cfg.out).map_err(|e| CiError::Io(format!("create {}: {e}", cfg.out.display())))?;
+    let secret_values: Vec<&str> = cfg.secrets.iter().map(|(_, v)| v.as_str()).collect();
+    let masker = Masker::new(&secret_values);
+    let work = tempdir_in(home)?;
+
+    // Source.
+    let source = if source::is_url(&cfg.repo) {
+        Source::Url(cfg.repo.clone())
+    } else {
+        source::bundle(Path::new(&cfg.repo), &cfg.git_ref, work.path())?
+    };
+
+    // Template, snapshot and the cache key.
+    let artifacts_boot = kiln_core::artifacts::prepare(home, &cfg.template, progress)?;
+    let (accel, _) = kiln_core::accel::resolve(home, Default::default()).await?;
+    let (cpus, mem) = (artifacts_boot.template.cpus, artifacts_boot.template.memory_mib);
+    let snap = ensure_snapshot(home, &artifacts_boot, accel, cpus, mem, Duration::from_secs(120), progress).await?;
+    let snapshot_name = Expected::new(&artifacts_boot, qemu_version()?, accel, cpus, mem).dir_name();
+    let _ = snap;
+    let cache_key = match &cfg.setup {
+        Some(setup) if !cfg.setup_secrets => Some(crate::cache::key(&snapshot_name, setup, &cfg.cache_keys)?),
+        _ => None,
+    };
+    let cache = cache_key.as_ref().map(|k| crate::cache::Entry::new(home, k));
+    let cache_hit = cache.as_ref().is_some_and(|c| c.is_valid(home));
+
+    let base_env: Vec<(String, String)> = proxy_env();
+    let build_env = |cell: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        let mut e = base_env.clone();
+        e.extend(cell.iter().map(|(k, v)| (k.clone(), v.clone())));
+        e.extend(cfg.secrets.iter().cloned());
+        e
+    };
+    let mut commit = match &source {
+        Source::Bundle { commit, .. } => commit.clone(),
+        Source::Url(_) => String::new(),
+    };
+    let workdir = source.workdir();
+    let workdir = workdir.as_str();
+    let masks = Mutex::new((masker.clone(), masker.clone()));
+    let mut setup_exit = None;
+    let mut cache_written = false;
+    let all_cells = cells(&cfg.matrix);
+
+    // The cell sandboxes.
+    let mut sandboxes: Vec<Sandbox> = Vec::new();
+    let mut tunnels = Vec::new();
+    if cache_hit {
+        let entry = cache.as_ref().expect("hit");
+        progress(&format!("setup cache hit ({}): restoring {} cell VM(s)", entry.key_short(), all_cells.len()));
+        for _ in &all_cells {
+            let s = Sandbox::from_checkpoint(home, &entry.dir, &entry.memory, artifacts_boot.clone(), accel, Vec::new()).await?;
+            tunnels.push(attach_egress(&s, &egress));
+            if let Source::Bundle { bundle, .. } = &source {
+                let f = tokio::fs::File::open(bundle).await.map_err(|e| CiError::Io(e.to_string()))?;
+                s.agent().write_file("/tmp/kiln-source.bundle", 0o644, true, f).await?;
+            }
+            let (code, out, err) = quiet(&s, &source::update_script(&commit), base_env.clone()).await?;
+            if code != 0 {
+                return Err(CiError::Source(format!("updating the cached checkout failed: {}", err.trim())));
+            }
+            commit = out.trim().to_owned();
+            sandboxes.push(s);
+        }
+    } else {
+        let opts = SandboxOptions { template: cfg.template.clone(), forkable: true, ..SandboxOptions::default() };
+        let mut setup_vm = Sandbox::create(home, &opts, progress).await?;
+        tunnels.push(attach_egress(&setup_vm, &egress));
+        if let Source::Bundle { bundle, .. } = &source {
+            let f = tokio::fs::File::open(bundle).await.map_err(|e| CiError::Io(e.to_string()))?;
+            setup_vm.agent().write_file("/tmp/kiln-source.bundle", 0o644, true, f).await?;
+        } else if let Some(host) = crate::url_host(&cfg.repo) {
+            egress.allow_extra(Some(host));
+        }
+        setup_vm.agent().mkdir("/work", 0o755, true).await?;
+        let (code, out, err) = quiet(&setup_vm, &source::clone_script(&source, &cfg.git_ref), base_env.clone()).await?;
+        egress.allow_extra(None);
+        if code != 0 {
+            return Err(CiError::Source(format!("cloning {} in the VM failed: {}", cfg.repo, masker.mask_str(err.trim()))));
+        }
+        commit = out.trim().lines().last().unwrap_or("").to_owned();
+        let _ = setup_vm.agent().remove("/tmp/kiln-source.bundle", false).await;
+        if let Some(setup) = &cfg.setup {
+            progress(&format!("setup: {setup}"));
+            let mut env = base_env.clone();
+            if cfg.setup_secrets {
+                env.extend(cfg.secrets.iter().cloned());
+            }
+            let mut log = Vec::new();
+            let o = step(&setup_vm, setup, &workdir, env, cfg.timeout, "setup", &masks, &sink, &mut log).await?;
+            std::fs::write(cfg.out.join("setup.log"), &log).map_err(|e| CiError::Io(e.to_string()))?;
+            setup_exit = Some(o.exit_code());
+            if o.exit_code() != 0 {
+                let report = Report {
+                    repo: cfg.repo.clone(), git_ref: cfg.git_ref.clone(), commit, template: cfg.template.clone(),
+                    setup: cfg.setup.clone(), setup_exit_code: setup_exit, build: cfg.build.clone(),
+                    cache: serde_json::json!({ "key": cache_key, "hit": false, "written": false }),
+                    cells: vec![], egress: egress.report(), exit_code: o.exit_code(), duration_ms: t0.elapsed().as_millis() as u64,
+                };
+                return Ok(report);
+            }
+        }
+        // Fork one VM per cell (the setup VM itself is not used for a build).
+        let clones = setup_vm.fork(home, all_cells.len()).await?;
+        if let (Some(entry), true) = (&cache, cfg.trusted) {
+            if let Some(base) = clones[0].fork_base() {
+                match entry.write(base, setup_vm.vm_spec()) {
+                    Ok(()) => {
+                        cache_written = true;
+                        progress(&format!("setup cached as {} (trusted run)", entry.key_short()));
+                    }
+                    Err(e) => progress(&format!("could not write the setup cache: {e}")),
+                }
+            }
+        }
+        setup_vm.destroy();
+        for c in clones {
+            tunnels.push(attach_egress(&c, &egress));
+            sandboxes.push(c);
+        }
+    }
+
+    // The cells, at most `parallel` at once.
+    let sem = Arc::new(tokio::sync::Semaphore::new(cfg.parallel.max(1)));
+    let snapshot_for_facts = snapshot_name.clone();
+    let invocation = kiln_core::random::hex(16);
+    let mut futs = Vec::new();
+    for (cell, sbx) in all_cells.iter().zip(sandboxes.iter()) {
+        let sem = sem.clone();
+        let env = build_env(cell);
+        let name = cell_name(cell);
+        let dir = cfg.out.join(if all_cells.len() == 1 { "build".to_owned() } else { name.replace(['/', ' '], "_") });
+        let masker = masker.clone();
+        let sink = sink.clone();
+        let sign = sign.clone();
+        let facts_base = CellFacts {
+            repo: cfg.repo.clone(), git_ref: cfg.git_ref.clone(), commit: commit.clone(), build: cfg.build.clone(),
+            setup: cfg.setup.clone(), matrix: cell.clone(), template: cfg.template.clone(),
+            template_digest: artifacts_boot.template.rootfs.hex().to_owned(), snapshot: snapshot_for_facts.clone(),
+            invocation: invocation.clone(), started, finished: started, artifacts: vec![],
+        };
+        let label = if all_cells.len() == 1 { String::new() } else { name.clone() };
+        let workdir = workdir.to_owned();
+        futs.push(async move {
+            let _permit = sem.acquire().await;
+            let _ = std::fs::create_dir_all(&dir);
+            let masks = Mutex::new((masker.clone(), masker.clone()));
+            let mut log = Vec::new();
+            let t = Instant::now();
+            let r = step(sbx, &cfg.build, &workdir, env, cfg.timeout, &label, &masks, &sink, &mut log).await;
+            let log_path = dir.join("build.log");
+            let _ = std::fs::write(&log_path, &log);
+            let mut report = CellReport { name, env: cell.clone(), exit_code: 125, timed_out: false, duration_ms: t.elapsed().as_millis() as u64,
+                                          log: log_path, artifacts: vec![], provenance: None, error: None };
+            match r {
+                Ok(o) => {
+                    report.exit_code = o.exit_code();
+                    report.timed_out = o.timed_out;
+                    match artifacts::collect(sbx, &workdir, &cfg.artifacts, &dir.join("artifacts")).await {
+                        Ok(a) => report.artifacts = a,
+                        Err(e) => report.error = Some(format!("collecting artifacts: {e}")),
+                    }
+                    if !report.artifacts.is_empty() {
+                        let mut facts = facts_base;
+                        facts.finished = SystemTime::now();
+                        facts.artifacts = report.artifacts.iter().map(|a| (a.path.clone(), a.sha256.clone())).collect();
+                        match sign(&facts, &dir) {
+                            Ok(p) => report.provenance = Some(p),
+                            Err(e) => report.error = Some(format!("provenance: {e}")),
+                        }
+                    }
+                }
+                Err(e) => report.error = Some(masker.mask_str(&e.to_string())),
+            }
+            report
+        });
+    }
+    let reports = join_all(futs).await;
+    drop(sandboxes);
+    for t in tunnels {
+        t.abort();
+    }
+    let exit_code = if reports.iter().all(|r| r.exit_code == 0 && r.error.is_none()) {
+        0
+    } else if reports.iter().any(|r| r.timed_out) {
+        124
+    } else {
+        reports.iter().map(|r| r.exit_code).find(|c| *c != 0).unwrap_or(125)
+    };
+    Ok(Report {
+        repo: cfg.repo.clone(),
+        git_ref: cfg.git_ref.clone(),
+        commit,
+        template: cfg.template.clone(),
+        setup: cfg.setup.clone(),
+        setup_exit_code: setup_exit,
+        build: cfg.build.clone(),
+        cache: serde_json::json!({ "key": cache_key, "hit": cache_hit, "written": cache_written }),
+        cells: reports,
+        egress: egress.report(),
+        exit_code,
+        duration_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// Runs futures concurrently (they borrow from the caller, so no spawn).
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+/// A scratch folder under the home, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir_in(home: &Home) -> Result<Scratch, CiError> {
+    let p = home.run().join(format!("ci-{}", kiln_core::random::hex(6)));
+    kiln_core::cleanup::make_owned_dir(&p).map_err(|e| CiError::Io(format!("create {}: {e}", p.display())))?;
+    Ok(Scratch(p))
+}
+
+/// Digest helper.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_cells() {
+        let m = vec![("A".into(), vec!["1".into(), "2".into()]), ("B".into(), vec!["x".into()])];
+        let c = cells(&m);
+        assert_eq!(c.len(), 2);
+        assert_eq!(cell_name(&c[0]), "A=1,B=x");
+        assert_eq!(cell_name(&cells(&[])[0]), "default");
+    }
+}

@@ -1,0 +1,131 @@
+//! Getting the source into the VM. A local repository becomes a `git bundle` of the ref on the
+//! host (no checkout, no hook, no filter, no fsmonitor runs on the host) that the VM clones
+//! from; a URL is cloned by the VM itself, through the egress proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::CiError;
+
+/// Where the repository is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A local repository and the bundle made of it.
+    Bundle {
+        /// The bundle file on the host.
+        bundle: PathBuf,
+        /// The commit the ref names.
+        commit: String,
+        /// The path given, relative to the repository's top (`examples/hello-c/`), or empty.
+        prefix: String,
+    },
+    /// A remote URL the guest clones.
+    Url(String),
+}
+
+/// Whether `repo` is a URL (`http(s)://`, `git://`, `ssh://`) rather than a path.
+pub fn is_url(repo: &str) -> bool {
+    ["http://", "https://", "git://", "ssh://"].iter().any(|p| repo.starts_with(p))
+}
+
+fn git(repo: &Path) -> Command {
+    let mut c = Command::new("git");
+    // Nothing from the (untrusted) repository's configuration may run code on the host.
+    c.args(["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "-c", "protocol.allow=never"]).arg("-C").arg(repo);
+    c.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_TERMINAL_PROMPT", "0");
+    c
+}
+
+fn run(c: &mut Command, what: &str) -> Result<String, CiError> {
+    let out = c.output().map_err(|e| CiError::Source(format!("{what}: cannot run git ({e}); apt-get install git")))?;
+    if !out.status.success() {
+        return Err(CiError::Source(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Makes a bundle of `git_ref` of the local repository `repo` in `dir`.
+pub fn bundle(repo: &Path, git_ref: &str, dir: &Path) -> Result<Source, CiError> {
+    if run(git(repo).args(["rev-parse", "--git-dir"]), "").is_err() {
+        return Err(CiError::Source(format!("{} is not in a git repository", repo.display())));
+    }
+    let prefix = run(git(repo).args(["rev-parse", "--show-prefix"]), "git rev-parse").unwrap_or_default();
+    if prefix.split('/').any(|c| c == "..") {
+        return Err(CiError::Source(format!("bad path {}", repo.display())));
+    }
+    if git_ref.starts_with('-') {
+        return Err(CiError::Source(format!("bad ref {git_ref:?}")));
+    }
+    let commit = run(git(repo).args(["rev-parse", "--verify", "--end-of-options"]).arg(format!("{git_ref}^{{commit}}")), &format!("ref {git_ref}"))?;
+    let bundle = dir.join("source.bundle");
+    let _ = std::fs::remove_file(&bundle);
+    let named = run(git(repo).args(["bundle", "create", "--quiet"]).arg(&bundle).arg(git_ref), "git bundle");
+    if named.is_err() {
+        // A bare commit id names no ref a bundle can carry: bundle everything instead.
+        run(git(repo).args(["bundle", "create", "--quiet"]).arg(&bundle).arg("--all"), "git bundle")?;
+    }
+    Ok(Source::Bundle { bundle, commit, prefix })
+}
+
+impl Source {
+    /// The folder in the guest where the steps run: the checkout, or the subfolder given.
+    pub fn workdir(&self) -> String {
+        match self {
+            Source::Bundle { prefix, .. } if !prefix.is_empty() => format!("/work/src/{}", prefix.trim_end_matches('/')),
+            _ => "/work/src".into(),
+        }
+    }
+}
+
+/// The shell (run in the guest) that clones from the bundle at `/tmp/kiln-source.bundle` or
+/// from `url` into `/work/src`, checks out the commit or ref, and prints the commit.
+pub fn clone_script(source: &Source, git_ref: &str) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    match source {
+        Source::Bundle { commit, .. } => format!(
+            "set -e; rm -rf /work/src; git clone -q /tmp/kiln-source.bundle /work/src 2>/dev/null || git init -q /work/src; \
+             cd /work/src; git fetch -q /tmp/kiln-source.bundle '+refs/*:refs/kiln/*' 2>/dev/null || true; \
+             git -c advice.detachedHead=false checkout -q -f {commit}; git rev-parse HEAD"
+        ),
+        Source::Url(url) => format!(
+            "set -e; rm -rf /work/src; git clone -q {} /work/src; cd /work/src; \
+             git -c advice.detachedHead=false checkout -q -f {}; git rev-parse HEAD",
+            q(url),
+            q(git_ref)
+        ),
+    }
+}
+
+/// The shell that moves an existing `/work/src` (from a cached setup) to the new commit.
+pub fn update_script(commit: &str) -> String {
+    format!(
+        "set -e; cd /work/src; git fetch -q /tmp/kiln-source.bundle '+refs/*:refs/kiln/*' 2>/dev/null || true; \
+         git -c advice.detachedHead=false checkout -q -f {commit}; git rev-parse HEAD"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundles_a_ref_without_running_hooks() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("r");
+        let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(t.path()).status().unwrap().success(), "{cmd}");
+        sh("git init -q r && cd r && git config user.email a@b && git config user.name a && echo hi > f && git add f && git commit -qm one");
+        // A hook that would leave a mark if anything ran it.
+        sh("mkdir -p r/.git/hooks && printf '#!/bin/sh\\ntouch /tmp/kiln-hook-ran\\n' > r/.git/hooks/pre-push && chmod +x r/.git/hooks/pre-push");
+        let out = t.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let s = bundle(&repo, "HEAD", &out).unwrap();
+        let Source::Bundle { bundle: file, commit, prefix } = s else { panic!() };
+        assert_eq!(prefix, "");
+        assert_eq!(commit.len(), 40);
+        assert!(file.exists());
+        assert!(bundle(&repo, "no-such-ref", &out).is_err());
+        let outside = tempfile::tempdir().unwrap();
+        assert!(bundle(outside.path(), "HEAD", &out).is_err());
+        assert!(is_url("https://example.com/x.git") && !is_url("./x"));
+    }
+}

@@ -1,0 +1,292 @@
+//! `kiln ci run`: an untrusted build in disposable microVMs, with scoped secrets, an egress
+//! allowlist, a setup cache only trusted runs write, matrix fan-out, artifacts and signed
+//! provenance.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use kiln_ci::{CellFacts, CiConfig, Egress, Report};
+use kiln_core::tunnel::Handler;
+use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver};
+use kiln_image::Home;
+
+use crate::exit;
+
+/// CI commands.
+#[derive(Debug, Subcommand)]
+pub enum CiCmd {
+    /// Build a repository's ref in fresh microVMs and report logs, exit codes, artifacts and provenance.
+    Run(RunArgs),
+}
+
+/// `kiln ci run`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  kiln ci run --repo . --ref HEAD --build 'make test' --matrix CC=gcc,clang --artifact 'dist/*' --out ci-out\n\nExit code: the build's (any failing cell); 124 on timeout; 125 when kiln itself failed; 2 for bad arguments.")]
+pub struct RunArgs {
+    /// A local repository path (sent as a git bundle) or a URL (cloned by the VM through the egress proxy).
+    #[arg(long)]
+    repo: String,
+    /// Branch, tag, commit or HEAD.
+    #[arg(long = "ref", default_value = "HEAD")]
+    git_ref: String,
+    /// The build command (run with sh in the checkout).
+    #[arg(long)]
+    build: String,
+    /// A setup command run once before the build (cached with --cache-key).
+    #[arg(long)]
+    setup: Option<String>,
+    /// Hard timeout of each step, seconds.
+    #[arg(long, default_value = "1800", value_name = "SECS")]
+    timeout: u64,
+    /// Template.
+    #[arg(long, default_value = "base")]
+    template: String,
+    /// A secret for the build step: NAME (from kiln's environment) or NAME=@FILE (repeatable).
+    #[arg(long = "secret", value_name = "NAME[=@FILE]")]
+    secrets: Vec<String>,
+    /// Give the secrets to the setup step too (such a setup is never cached).
+    #[arg(long)]
+    setup_secrets: bool,
+    /// Let the build reach HOST[:PORT] through the egress proxy (repeatable; default: nothing).
+    #[arg(long = "allow", value_name = "HOST[:PORT]")]
+    allow: Vec<String>,
+    /// A file whose contents key the setup cache (repeatable).
+    #[arg(long = "cache-key", value_name = "FILE")]
+    cache_keys: Vec<PathBuf>,
+    /// This run may write the setup cache (only for trusted code, e.g. the default branch).
+    #[arg(long)]
+    trusted: bool,
+    /// A matrix axis, KEY=V1,V2,… (repeatable; one VM per combination).
+    #[arg(long = "matrix", value_name = "KEY=V1,V2")]
+    matrix: Vec<String>,
+    /// Files to copy out of the VM, a glob relative to the checkout (repeatable).
+    #[arg(long = "artifact", value_name = "GLOB")]
+    artifacts: Vec<String>,
+    /// Output folder: logs, artifacts, provenance, report.json.
+    #[arg(long, default_value = "kiln-ci-out")]
+    out: PathBuf,
+    /// Cells at once (default: the host's cores).
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// Print the report as JSON on stdout (build output goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+fn env_name_ok(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !n.as_bytes()[0].is_ascii_digit()
+}
+
+fn parse(a: &RunArgs) -> Result<CiConfig, String> {
+    let mut secrets = Vec::new();
+    for s in &a.secrets {
+        let (name, value) = match s.split_once("=@") {
+            Some((n, file)) => (n.to_owned(), std::fs::read_to_string(file).map_err(|e| format!("--secret {n}: cannot read {file}: {e}"))?.trim_end_matches('\n').to_owned()),
+            None => (s.clone(), std::env::var(s).map_err(|_| format!("--secret {s}: no such variable in kiln's environment (or use {s}=@FILE)"))?),
+        };
+        if !env_name_ok(&name) {
+            return Err(format!("--secret {name}: not a variable name"));
+        }
+        if value.len() < 3 {
+            return Err(format!("--secret {name}: too short to mask reliably (at least 3 characters)"));
+        }
+        secrets.push((name, value));
+    }
+    let mut matrix = Vec::new();
+    for m in &a.matrix {
+        let (k, vs) = m.split_once('=').ok_or_else(|| format!("--matrix {m}: expected KEY=V1,V2"))?;
+        let values: Vec<String> = vs.split(',').map(str::to_owned).filter(|v| !v.is_empty()).collect();
+        if !env_name_ok(k) || values.is_empty() {
+            return Err(format!("--matrix {m}: expected KEY=V1,V2"));
+        }
+        matrix.push((k.to_owned(), values));
+    }
+    let cells: usize = matrix.iter().map(|(_, v)| v.len()).product();
+    if cells > kiln_core::fork::MAX_FORK {
+        return Err(format!("the matrix has {cells} cells; at most {}", kiln_core::fork::MAX_FORK));
+    }
+    for g in &a.artifacts {
+        if !kiln_ci::artifacts::valid_glob(g) {
+            return Err(format!("--artifact {g:?}: use a relative glob of letters, digits and ._-/*?[]"));
+        }
+    }
+    Policy::parse(&a.allow).map_err(|e| format!("--allow: {e}"))?;
+    if a.timeout == 0 {
+        return Err("--timeout must be positive".into());
+    }
+    if !kiln_ci::source::is_url(&a.repo) && !std::path::Path::new(&a.repo).exists() {
+        return Err(format!("--repo {}: no such path (or give an http(s):// URL)", a.repo));
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    Ok(CiConfig {
+        repo: a.repo.clone(),
+        git_ref: a.git_ref.clone(),
+        build: a.build.clone(),
+        setup: a.setup.clone(),
+        timeout: Duration::from_secs(a.timeout),
+        template: a.template.clone(),
+        secrets,
+        setup_secrets: a.setup_secrets,
+        allow: a.allow.clone(),
+        cache_keys: a.cache_keys.clone(),
+        trusted: a.trusted,
+        matrix,
+        artifacts: a.artifacts.clone(),
+        out: a.out.clone(),
+        parallel: a.parallel.unwrap_or(cores),
+    })
+}
+
+/// The egress proxy for a run: one policy and log for all its VMs.
+struct RunEgress {
+    allow: Vec<String>,
+    ctx: Arc<RwLock<Arc<ProxyContext>>>,
+    log: Arc<EgressLog>,
+}
+
+impl RunEgress {
+    fn new(allow: Vec<String>) -> RunEgress {
+        let log = Arc::new(EgressLog::new());
+        let ctx = Self::context(&allow, &log);
+        RunEgress { allow, ctx: Arc::new(RwLock::new(ctx)), log }
+    }
+
+    fn context(allow: &[String], log: &Arc<EgressLog>) -> Arc<ProxyContext> {
+        let policy = Policy::parse(allow).unwrap_or_else(|_| Policy::deny_all());
+        let mut ctx = ProxyContext::new(policy, Arc::new(SystemResolver), Limits::default());
+        ctx.log = log.clone();
+        Arc::new(ctx)
+    }
+}
+
+impl Egress for RunEgress {
+    fn handler(&self) -> Handler {
+        let current = self.ctx.clone();
+        Arc::new(move |stream| {
+            // The policy in force when the connection opens.
+            let ctx = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+            Box::pin(async move {
+                kiln_egress::serve_connection(stream, &ctx).await;
+            })
+        })
+    }
+
+    fn allow_extra(&self, entry: Option<String>) {
+        let mut allow = self.allow.clone();
+        allow.extend(entry);
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Self::context(&allow, &self.log);
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::to_value(self.log.snapshot()).unwrap_or_default()
+    }
+}
+
+fn signer(home: &Home) -> kiln_ci::Signer {
+    let store = kiln_provenance::KeyStore::in_home(home.root());
+    Arc::new(move |f: &CellFacts, dir: &std::path::Path| {
+        let facts = kiln_provenance::BuildFacts {
+            repo: f.repo.clone(),
+            git_ref: f.git_ref.clone(),
+            commit: f.commit.clone(),
+            build: f.build.clone(),
+            setup: f.setup.clone(),
+            matrix: f.matrix.clone(),
+            template: f.template.clone(),
+            template_digest: f.template_digest.clone(),
+            snapshot_digest: Some(f.snapshot.clone()),
+            builder_id: format!("https://kiln.dev/builder/{}", hostname()),
+            invocation_id: f.invocation.clone(),
+            started: f.started,
+            finished: f.finished,
+            artifacts: f.artifacts.clone(),
+        };
+        let json = kiln_provenance::provenance_for_run(&facts, &store).map_err(|e| e.to_string())?;
+        let path = dir.join("provenance.intoto.json");
+        std::fs::write(&path, json).map_err(|e| e.to_string())?;
+        Ok(path)
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+fn print_summary(r: &Report, to: &mut dyn Write) {
+    let _ = writeln!(to, "\nkiln ci: {} @ {} ({})", r.repo, r.git_ref, if r.commit.is_empty() { "?" } else { &r.commit[..r.commit.len().min(12)] });
+    if let Some(code) = r.setup_exit_code {
+        let _ = writeln!(to, "  setup: exit {code}");
+    }
+    let _ = writeln!(to, "  {:<28} {:>6} {:>10} {:>9}  ARTIFACTS", "CELL", "EXIT", "TIME", "");
+    for c in &r.cells {
+        let _ = writeln!(
+            to,
+            "  {:<28} {:>6} {:>8.1}s {:>9}  {}{}",
+            c.name,
+            c.exit_code,
+            c.duration_ms as f64 / 1000.0,
+            if c.timed_out { "timed out" } else { "" },
+            c.artifacts.len(),
+            c.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+        );
+    }
+    let denied = r.egress["attempts"].as_array().map(|a| a.iter().filter(|x| x["allowed"] == false).count()).unwrap_or(0);
+    let _ = writeln!(to, "  egress: {} attempts, {} denied; cache: {}", r.egress["attempts"].as_array().map_or(0, Vec::len), denied, r.cache);
+}
+
+/// Runs a CI command.
+pub async fn run(cmd: CiCmd) -> i32 {
+    let CiCmd::Run(a) = cmd;
+    let cfg = match parse(&a) {
+        Ok(c) => c,
+        Err(m) => {
+            eprintln!("kiln: {m}");
+            return exit::USAGE;
+        }
+    };
+    let home = Home::from_env();
+    kiln_core::cleanup::sweep(&home);
+    let json = a.json;
+    let sink: kiln_ci::Sink = Arc::new(move |label: &str, bytes: &[u8], is_err: bool| {
+        if bytes.is_empty() {
+            return;
+        }
+        let text = if label.is_empty() {
+            bytes.to_vec()
+        } else {
+            // Prefix every line with its cell.
+            let s = String::from_utf8_lossy(bytes);
+            s.split_inclusive('\n').map(|l| format!("[{label}] {l}")).collect::<String>().into_bytes()
+        };
+        if is_err || json {
+            let _ = std::io::stderr().write_all(&text);
+        } else {
+            let _ = std::io::stdout().write_all(&text);
+            let _ = std::io::stdout().flush();
+        }
+    });
+    let egress = Arc::new(RunEgress::new(cfg.allow.clone()));
+    let progress = |m: &str| eprintln!("kiln: {m}");
+    let result = kiln_ci::run(&home, &cfg, egress, signer(&home), sink, &progress).await;
+    match result {
+        Ok(report) => {
+            let path = cfg.out.join("report.json");
+            let text = serde_json::to_string_pretty(&report).expect("json");
+            let _ = std::fs::write(&path, &text);
+            if json {
+                println!("{text}");
+            } else {
+                print_summary(&report, &mut std::io::stdout());
+                println!("  report: {}", path.display());
+            }
+            report.exit_code
+        }
+        Err(e) => {
+            eprintln!("kiln: ci run failed: {e}");
+            exit::KILN_FAILED
+        }
+    }
+}
