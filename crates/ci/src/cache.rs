@@ -26,7 +26,8 @@ pub fn key(snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Result<String,
 pub struct Entry {
     /// Folder: `KILN_HOME/ci-cache/<key>` (state, disk.qcow2, spec.json).
     pub dir: PathBuf,
-    /// RAM file in the tmpfs.
+    /// RAM file, in the entry's folder (on disk: it outlives reboots, and no sweep of the
+    /// shared tmpfs folder can mistake it for an orphan).
     pub memory: PathBuf,
     key: String,
 }
@@ -34,7 +35,8 @@ pub struct Entry {
 impl Entry {
     /// The entry for `key`.
     pub fn new(home: &Home, key: &str) -> Entry {
-        Entry { dir: home.root().join("ci-cache").join(key), memory: home.shm().join(format!("ci-{key}.memory")), key: key.to_owned() }
+        let dir = home.root().join("ci-cache").join(key);
+        Entry { memory: dir.join("memory"), dir, key: key.to_owned() }
     }
 
     /// Short form of the key.
@@ -51,7 +53,7 @@ impl Entry {
     pub fn write(&self, base: &ForkBase, like: &VmSpec) -> Result<(), String> {
         let tmp = self.dir.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        base.persist(like, &tmp, &self.memory).map_err(|e| e.to_string())?;
+        base.persist(like, &tmp, &tmp.join("memory")).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&self.dir);
         std::fs::rename(&tmp, &self.dir).map_err(|e| e.to_string())?;
         std::fs::write(self.dir.join("complete"), b"").map_err(|e| e.to_string())

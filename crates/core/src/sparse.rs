@@ -39,7 +39,13 @@ pub fn copy(from: &Path, to: &Path) -> io::Result<u64> {
             // SAFETY: both descriptors are valid and the offsets point at our own i64s.
             let n = unsafe { libc::copy_file_range(sfd, &mut off_in, dfd, &mut off_out, want, 0) };
             if n < 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) {
+                    // Across filesystems (tmpfs to disk): plain reads and writes of the extent.
+                    copied += copy_range(&src, &dst, off_in as u64, (hole - off_in) as u64)?;
+                    break;
+                }
+                return Err(e);
             }
             if n == 0 {
                 break;
@@ -49,6 +55,23 @@ pub fn copy(from: &Path, to: &Path) -> io::Result<u64> {
         pos = hole;
     }
     Ok(copied)
+}
+
+fn copy_range(src: &File, dst: &File, mut off: u64, mut len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let total = len;
+    while len > 0 {
+        let want = len.min(buf.len() as u64) as usize;
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+        len -= n as u64;
+    }
+    Ok(total - len)
 }
 
 #[cfg(test)]
@@ -72,5 +95,13 @@ mod tests {
         assert!(n < 8 << 20, "copied {n}");
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         assert!(copy(&a, &b).is_err(), "refuses to overwrite");
+        // Across filesystems (the tmpfs and the disk).
+        if std::path::Path::new("/dev/shm").is_dir() {
+            let c = std::path::PathBuf::from(format!("/dev/shm/kiln-sparse-test-{}", std::process::id()));
+            let _ = std::fs::remove_file(&c);
+            copy(&a, &c).unwrap();
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap());
+            std::fs::remove_file(&c).unwrap();
+        }
     }
 }
