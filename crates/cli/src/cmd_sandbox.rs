@@ -66,6 +66,9 @@ pub struct CreateArgs {
     /// Keep RAM in a file so the sandbox can be forked cheaply.
     #[arg(long)]
     forkable: bool,
+    /// Let the sandbox reach HOST[:PORT] through the egress proxy (repeatable; default: nothing).
+    #[arg(long = "allow", value_name = "HOST[:PORT]")]
+    allow: Vec<String>,
     /// Print the sandbox as JSON.
     #[arg(long)]
     json: bool,
@@ -127,7 +130,7 @@ pub async fn run(cmd: SandboxCmd) -> i32 {
                         return Ok(exit::USAGE);
                     }
                 };
-                let req = CreateSandbox { template: a.template, ttl_seconds: a.ttl, cpus: a.cpus, memory_mib: a.memory, env, forkable: a.forkable };
+                let req = CreateSandbox { template: a.template, ttl_seconds: a.ttl, cpus: a.cpus, memory_mib: a.memory, env, forkable: a.forkable, allow: a.allow };
                 let s = client.create_sandbox(&req).await?;
                 if a.json {
                     println!("{}", serde_json::to_string_pretty(&s).expect("json"));

@@ -5,6 +5,7 @@
 mod cmd_bench;
 mod cmd_ci;
 mod cmd_doctor;
+mod cmd_gitlab;
 mod cmd_run;
 mod cmd_sandbox;
 mod cmd_serve;
@@ -48,6 +49,9 @@ enum Cmd {
     /// CI: build a repository's ref in fresh microVMs (`kiln ci run`).
     #[command(subcommand)]
     Ci(cmd_ci::CiCmd),
+    /// GitLab Runner custom executor driver: config, prepare, run, cleanup (needs `kiln serve`).
+    #[command(subcommand)]
+    Gitlab(cmd_gitlab::GitlabCmd),
     /// Check an artifact against its signed provenance (signature and sha256); exit 1 if not.
     Verify(cmd_verify::VerifyArgs),
     /// Run the daemon: the HTTP API over a unix socket (and TCP on request).
@@ -83,6 +87,7 @@ fn main() {
             Cmd::Bench(b) => cmd_bench::run(b).await,
             Cmd::Serve(a) => cmd_serve::run(a).await,
             Cmd::Ci(c) => cmd_ci::run(c).await,
+            Cmd::Gitlab(g) => cmd_gitlab::run(g).await,
             Cmd::Verify(a) => cmd_verify::run(a),
             Cmd::Sandbox(c) => cmd_sandbox::run(c).await,
             Cmd::Cp(a) => cmd_sandbox::cp(a).await,

@@ -45,6 +45,9 @@ pub struct CreateSandbox {
     pub env: BTreeMap<String, String>,
     /// Forkable.
     pub forkable: bool,
+    /// Egress allowlist (`HOST[:PORT]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 /// Body of the exec routes.

@@ -96,12 +96,35 @@ pub struct CreateRequest {
     pub env: Vec<(String, String)>,
     /// Keep RAM in a file so it can be forked cheaply.
     pub forkable: bool,
+    /// Egress allowlist (`HOST[:PORT]` entries); empty: no egress at all.
+    pub allow: Vec<String>,
 }
 
 pub(crate) struct Entry {
     pub(crate) sandbox: Arc<RwLock<Sandbox>>,
     pub(crate) info: Mutex<SandboxInfo>,
     run_dir: String,
+    /// The egress policy and log of this sandbox.
+    egress: Arc<kiln_egress::ProxyContext>,
+    tunnel: tokio::task::JoinHandle<String>,
+}
+
+/// Serves a sandbox's egress tunnel with this proxy context.
+fn attach_egress(sandbox: &Sandbox, ctx: Arc<kiln_egress::ProxyContext>) -> tokio::task::JoinHandle<String> {
+    let socket = sandbox.net_socket();
+    let handler: crate::tunnel::Handler = Arc::new(move |stream| {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            kiln_egress::serve_connection(stream, &ctx).await;
+        })
+    });
+    tokio::spawn(async move { crate::tunnel::serve(&socket, handler).await })
+}
+
+/// A proxy context for an allowlist.
+pub fn egress_context(allow: &[String]) -> Result<Arc<kiln_egress::ProxyContext>, ManagerError> {
+    let policy = kiln_egress::Policy::parse(allow).map_err(|e| ManagerError::Invalid(format!("allow: {e}")))?;
+    Ok(Arc::new(kiln_egress::ProxyContext::new(policy, Arc::new(kiln_egress::SystemResolver), kiln_egress::Limits::default())))
 }
 
 /// A read lease on a running sandbox: exec and file requests run under it, concurrently.
@@ -246,7 +269,7 @@ impl Manager {
         r.1 = r.1.saturating_sub(mib * n as u64);
     }
 
-    fn register(&self, sandbox: Sandbox, deadline: i64, template: &str) -> Result<SandboxInfo, ManagerError> {
+    fn register(&self, sandbox: Sandbox, deadline: i64, template: &str, egress: Arc<kiln_egress::ProxyContext>) -> Result<SandboxInfo, ManagerError> {
         let (mode, parent) = mode_name(sandbox.mode());
         let info = SandboxInfo {
             id: sandbox.id().to_owned(),
@@ -273,7 +296,8 @@ impl Manager {
             run_dir: run_dir.clone(),
             vmm_pid: sandbox.vmm_pid(),
         })?;
-        let entry = Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), run_dir });
+        let tunnel = attach_egress(&sandbox, egress.clone());
+        let entry = Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), run_dir, egress, tunnel });
         lock(&self.live).insert(info.id.clone(), entry);
         self.metrics.running.set(lock(&self.live).len() as i64);
         Ok(info)
@@ -282,6 +306,7 @@ impl Manager {
     /// Creates a sandbox (restored from its template's snapshot).
     pub async fn create(&self, req: CreateRequest, actor: &str) -> Result<SandboxInfo, ManagerError> {
         let ttl = self.check_ttl(req.ttl)?;
+        let egress = egress_context(&req.allow)?;
         let def = kiln_image::TemplateDef::find(&req.template).map_err(SandboxError::from)?;
         let mib = u64::from(req.memory_mib.unwrap_or(def.vm.memory_mib));
         self.reserve(1, mib)?;
@@ -307,7 +332,7 @@ impl Manager {
         self.metrics.creates.inc();
         self.metrics.create_latency.observe(t0.elapsed().as_secs_f64());
         let deadline = now() + ttl.as_secs() as i64;
-        let info = self.register(sandbox, deadline, &def.name)?;
+        let info = self.register(sandbox, deadline, &def.name, egress)?;
         self.store.event(Some(&info.id), "created", &format!("template {} ({}), ttl {}s", info.template, info.mode, ttl.as_secs()), actor)?;
         Ok(info)
     }
@@ -345,6 +370,7 @@ impl Manager {
         let _ = self.store.set_state(id, State::Stopping);
         // Kill without waiting for running execs (they end with "sandbox destroyed").
         entry.sandbox.read().await.kill();
+        entry.tunnel.abort();
         let _ = std::fs::remove_dir_all(&entry.run_dir);
         transition(&entry.info, end);
         self.store.set_state(id, end)?;
@@ -426,8 +452,14 @@ impl Manager {
             }
         };
         let mut infos = Vec::new();
+        // The parent restarted with a new VM: its tunnel too. Clones share its policy.
+        let egress = e.egress.clone();
+        {
+            let parent = e.sandbox.read().await;
+            let _ = attach_egress(&parent, egress.clone());
+        }
         for c in clones {
-            let info = self.register(c, deadline, &template)?;
+            let info = self.register(c, deadline, &template, egress.clone())?;
             self.store.event(Some(&info.id), "created", &format!("forked from {id}"), actor)?;
             infos.push(info);
         }
@@ -475,6 +507,11 @@ impl Manager {
         for id in ids {
             let _ = self.finish(&id, State::Stopped, "killed", "daemon shutting down", "kiln").await;
         }
+    }
+
+    /// The egress attempts of a live sandbox.
+    pub fn egress_log(&self, id: &str) -> Result<kiln_egress::LogSnapshot, ManagerError> {
+        Ok(self.entry(id)?.egress.log.snapshot())
     }
 
     /// Prometheus text.

@@ -39,10 +39,11 @@ fn lock(c: &Conns) -> std::sync::MutexGuard<'_, HashMap<u32, Conn>> {
 
 /// Connects to a VM's tunnel socket and serves it until the VM goes away; returns why it ended.
 pub async fn serve(socket: &Path, handler: Handler) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let stream = loop {
         match UnixStream::connect(socket).await {
             Ok(s) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(e) if (e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => return format!("connect {}: {e}", socket.display()),

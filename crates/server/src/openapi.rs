@@ -19,7 +19,8 @@ fn schemas() -> Value {
             "template": { "type": "string" }, "ttl_seconds": { "type": "integer", "minimum": 1 },
             "cpus": { "type": "integer" }, "memory_mib": { "type": "integer" },
             "env": { "type": "object", "additionalProperties": { "type": "string" } },
-            "forkable": { "type": "boolean" } } },
+            "forkable": { "type": "boolean" },
+            "allow": { "type": "array", "items": { "type": "string" }, "description": "egress allowlist, HOST[:PORT]" } } },
         "ExecRequest": { "type": "object", "properties": {
             "cmd": { "type": "string" }, "argv": { "type": "array", "items": { "type": "string" } },
             "env": { "type": "object", "additionalProperties": { "type": "string" } },

@@ -38,6 +38,7 @@ pub const ROUTES: &[Route] = &[
     r("DELETE", "/v1/sandboxes/{id}", "deleteSandbox", "Destroy a sandbox"),
     r("POST", "/v1/sandboxes/{id}/extend", "extendSandbox", "Set the deadline to now + ttl_seconds"),
     r("POST", "/v1/sandboxes/{id}/fork", "forkSandbox", "Fork a forkable sandbox into count clones"),
+    r("GET", "/v1/sandboxes/{id}/egress", "egressLog", "Connection attempts through the egress proxy"),
     r("POST", "/v1/sandboxes/{id}/exec", "exec", "Run a command; JSON result"),
     r("POST", "/v1/sandboxes/{id}/exec/stream", "execStream", "Run a command; server-sent events"),
     r("GET", "/v1/sandboxes/{id}/files", "readFile", "Read a file's bytes"),
@@ -65,6 +66,7 @@ fn handler(op: &str) -> MethodRouter<AppState> {
         "deleteSandbox" => delete(sandboxes::delete),
         "extendSandbox" => post(sandboxes::extend),
         "forkSandbox" => post(sandboxes::fork),
+        "egressLog" => get(sandboxes::egress),
         "exec" => post(exec::exec),
         "execStream" => post(exec::exec_stream),
         // File writes stream their body to the guest; the size cap is the file API's.

@@ -25,6 +25,9 @@ struct CreateBody {
     env: BTreeMap<String, String>,
     #[serde(default)]
     forkable: bool,
+    /// Egress allowlist: `HOST[:PORT]` entries reachable through the proxy; none by default.
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 fn ttl(secs: i64) -> ApiResult<Duration> {
@@ -49,6 +52,7 @@ pub async fn create(State(st): State<AppState>, Extension(actor): Extension<Acto
         memory_mib: b.memory_mib,
         env: b.env.into_iter().collect(),
         forkable: b.forkable,
+        allow: b.allow,
     };
     let info = st.manager.create(req, &actor.0).await?;
     Ok((StatusCode::CREATED, Json(info)))
@@ -101,4 +105,10 @@ pub async fn fork(State(st): State<AppState>, Extension(actor): Extension<Actor>
     }
     let clones = st.manager.fork(&id, b.count as usize, &actor.0).await?;
     Ok((StatusCode::CREATED, Json(json!({ "sandboxes": clones }))))
+}
+
+/// `GET /v1/sandboxes/{id}/egress`: every connection attempt through the egress proxy.
+pub async fn egress(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let log = st.manager.egress_log(&id)?;
+    Ok(Json(serde_json::to_value(log).unwrap_or_default()))
 }
