@@ -24,6 +24,12 @@ demo: build
 	@echo "== host kernel:  $$(uname -r)"
 	@echo "== guest kernel: $$($(KILN) run --template base -- uname -r)"
 	$(KILN) run --template base --timeout 300 --copy examples/hello-c:/src --workdir /src -- sh -c 'make && make test'
+	@echo "== the same project as an untrusted CI job: a two-cell matrix, an artifact, signed provenance"
+	rm -rf .kiln-demo-out
+	$(KILN) ci run --repo examples/hello-c --ref HEAD --timeout 300 \
+	  --build 'make test && mkdir -p dist && cp hello dist/hello-$$V' \
+	  --matrix V=1,2 --artifact 'dist/*' --out .kiln-demo-out
+	$(KILN) verify --provenance .kiln-demo-out/V=1/provenance.intoto.json --artifact .kiln-demo-out/V=1/artifacts/dist/hello-1
 
 # Everything: unit tests, then integration tests that boot real VMs (templates are built
 # once and cached by digest under KILN_HOME).

@@ -227,3 +227,34 @@ exit 0
     // The cache entry itself is untouched by the untrusted run.
     th.assert_clean();
 }
+
+#[test]
+fn clones_a_url_through_the_egress_proxy() {
+    let th = TestHome::for_daemon();
+    // A repository served over dumb HTTP on a loopback address of the host.
+    let src = repo(&[("README", "served over http\n")]);
+    let www = tempfile::tempdir().unwrap();
+    let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).status().unwrap().success(), "{cmd}");
+    sh(&format!("git clone -q --bare {} {}/r.git && git -C {}/r.git update-server-info", src.path().display(), www.path().display(), www.path().display()));
+    let port = TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.2", "--directory"])
+        .arg(www.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(kiln_testkit::wait_until(std::time::Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.2", port)).is_ok()));
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.2:{port}/r.git");
+    // The clone host is allowed for the clone only: the build cannot reach it.
+    let o = kiln(&th, &["ci", "run", "--repo", &url, "--ref", "HEAD", "--build", &format!("cat README; curl -s -o /dev/null -w '%{{http_code}}\\n' {url}/HEAD"), "--out", out.path().to_str().unwrap(), "--json"], &[]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let log = std::fs::read_to_string(out.path().join("build/build.log")).unwrap();
+    assert_eq!(log, "served over http\n403\n");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["commit"].as_str().unwrap().len(), 40);
+    th.assert_clean();
+}
