@@ -17,7 +17,7 @@ pub const MAX_FILE: u64 = 1 << 30;
 pub const MAX_TOTAL: u64 = 4 << 30;
 
 /// An artifact copied out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Artifact {
     /// Path relative to the source folder (and to the cell's artifacts folder on the host).
     pub path: String,

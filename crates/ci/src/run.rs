@@ -99,7 +99,7 @@ pub type Signer = Arc<dyn Fn(&CellFacts, &Path) -> Result<PathBuf, String> + Sen
 pub type Sink = Arc<dyn Fn(&str, &[u8], bool) + Send + Sync>;
 
 /// One cell's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CellReport {
     /// "KEY=v,KEY2=w" or "default".
     pub name: String,
@@ -122,7 +122,7 @@ pub struct CellReport {
 }
 
 /// The report of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
     /// Repo.
     pub repo: String,
@@ -399,7 +399,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
             report
         });
     }
-    let reports = join_all(futs).await;
+    let reports = kiln_core::fork::futures_join_all(futs).await;
     drop(sandboxes);
     for t in tunnels {
         t.abort();
@@ -425,26 +425,6 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         exit_code,
         duration_ms: t0.elapsed().as_millis() as u64,
     })
-}
-
-/// Runs futures concurrently (they borrow from the caller, so no spawn).
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("ready")).collect()
 }
 
 /// A scratch folder under the home, removed on drop.

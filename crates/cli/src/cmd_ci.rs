@@ -4,13 +4,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use kiln_ci::{CellFacts, CiConfig, Egress, Report};
-use kiln_core::tunnel::Handler;
-use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver};
+use kiln_ci::{CiConfig, CiError, Report};
+use kiln_egress::Policy;
 use kiln_image::Home;
 
 use crate::exit;
@@ -74,6 +73,10 @@ pub struct RunArgs {
     /// Print the report as JSON on stdout (build output goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Run the job in `kiln serve` (KILN_HOST) instead of in this process; logs land in --out
+    /// on the daemon's host.
+    #[arg(long)]
+    daemon: bool,
 }
 
 fn env_name_ok(n: &str) -> bool {
@@ -140,81 +143,6 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
     })
 }
 
-/// The egress proxy for a run: one policy and log for all its VMs.
-struct RunEgress {
-    allow: Vec<String>,
-    ctx: Arc<RwLock<Arc<ProxyContext>>>,
-    log: Arc<EgressLog>,
-}
-
-impl RunEgress {
-    fn new(allow: Vec<String>) -> RunEgress {
-        let log = Arc::new(EgressLog::new());
-        let ctx = Self::context(&allow, &log);
-        RunEgress { allow, ctx: Arc::new(RwLock::new(ctx)), log }
-    }
-
-    fn context(allow: &[String], log: &Arc<EgressLog>) -> Arc<ProxyContext> {
-        let policy = Policy::parse(allow).unwrap_or_else(|_| Policy::deny_all());
-        let mut ctx = ProxyContext::new(policy, Arc::new(SystemResolver), Limits::default());
-        ctx.log = log.clone();
-        Arc::new(ctx)
-    }
-}
-
-impl Egress for RunEgress {
-    fn handler(&self) -> Handler {
-        let current = self.ctx.clone();
-        Arc::new(move |stream| {
-            // The policy in force when the connection opens.
-            let ctx = current.read().unwrap_or_else(|e| e.into_inner()).clone();
-            Box::pin(async move {
-                kiln_egress::serve_connection(stream, &ctx).await;
-            })
-        })
-    }
-
-    fn allow_extra(&self, entry: Option<String>) {
-        let mut allow = self.allow.clone();
-        allow.extend(entry);
-        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Self::context(&allow, &self.log);
-    }
-
-    fn report(&self) -> serde_json::Value {
-        serde_json::to_value(self.log.snapshot()).unwrap_or_default()
-    }
-}
-
-fn signer(home: &Home) -> kiln_ci::Signer {
-    let store = kiln_provenance::KeyStore::in_home(home.root());
-    Arc::new(move |f: &CellFacts, dir: &std::path::Path| {
-        let facts = kiln_provenance::BuildFacts {
-            repo: f.repo.clone(),
-            git_ref: f.git_ref.clone(),
-            commit: f.commit.clone(),
-            build: f.build.clone(),
-            setup: f.setup.clone(),
-            matrix: f.matrix.clone(),
-            template: f.template.clone(),
-            template_digest: f.template_digest.clone(),
-            snapshot_digest: Some(f.snapshot.clone()),
-            builder_id: format!("https://kiln.dev/builder/{}", hostname()),
-            invocation_id: f.invocation.clone(),
-            started: f.started,
-            finished: f.finished,
-            artifacts: f.artifacts.clone(),
-        };
-        let json = kiln_provenance::provenance_for_run(&facts, &store).map_err(|e| e.to_string())?;
-        let path = dir.join("provenance.intoto.json");
-        std::fs::write(&path, json).map_err(|e| e.to_string())?;
-        Ok(path)
-    })
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
-}
-
 fn print_summary(r: &Report, to: &mut dyn Write) {
     let _ = writeln!(to, "\nkiln ci: {} @ {} ({})", r.repo, r.git_ref, if r.commit.is_empty() { "?" } else { &r.commit[..r.commit.len().min(12)] });
     if let Some(code) = r.setup_exit_code {
@@ -268,9 +196,13 @@ pub async fn run(cmd: CiCmd) -> i32 {
             let _ = std::io::stdout().flush();
         }
     });
-    let egress = Arc::new(RunEgress::new(cfg.allow.clone()));
+    let egress = Arc::new(kiln_ci::glue::ProxyEgress::new(cfg.allow.clone()));
     let progress = |m: &str| eprintln!("kiln: {m}");
-    let result = kiln_ci::run(&home, &cfg, egress, signer(&home), sink, &progress).await;
+    let result = if a.daemon {
+        via_daemon(&cfg).await
+    } else {
+        kiln_ci::run(&home, &cfg, egress, kiln_ci::glue::host_signer(&home), sink, &progress).await
+    };
     match result {
         Ok(report) => {
             let path = cfg.out.join("report.json");
@@ -289,4 +221,11 @@ pub async fn run(cmd: CiCmd) -> i32 {
             exit::KILN_FAILED
         }
     }
+}
+
+async fn via_daemon(cfg: &CiConfig) -> Result<Report, CiError> {
+    let client = kiln_client::Client::from_env();
+    let body = kiln_ci::glue::request_json(cfg).map_err(CiError::Invalid)?;
+    let v = client.ci_run(&body).await.map_err(|e| CiError::Invalid(e.to_string()))?;
+    serde_json::from_value(v).map_err(|e| CiError::Invalid(format!("bad report from the daemon: {e}")))
 }

@@ -168,3 +168,25 @@ async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
     drop(d);
     th.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_run_through_the_daemon() {
+    let th = TestHome::for_daemon();
+    let d = Daemon::start(&th, &[]);
+    let repo = tempfile::tempdir().unwrap();
+    let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(repo.path()).status().unwrap().success(), "{cmd}");
+    sh("git init -q && echo 'echo built; echo \"tok=$TOK\"; exit 3' > build.sh && git add -A && git -c user.email=a@b -c user.name=a commit -qm i");
+    let out = tempfile::tempdir().unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(["ci", "run", "--daemon", "--repo"]).arg(repo.path()).args(["--build", "sh build.sh", "--secret", "TOK", "--out"]).arg(out.path());
+    for (k, v) in th.env() {
+        c.env(k, v);
+    }
+    c.env("KILN_HOST", format!("unix://{}", th.home.root().join("kiln.sock").display())).env("TOK", "sekrit-value-1");
+    let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(out.path().join("build/build.log")).unwrap();
+    assert_eq!(log, "built\ntok=***\n");
+    drop(d);
+    th.assert_clean();
+}

@@ -199,6 +199,11 @@ impl Client {
         Ok(f.sandboxes)
     }
 
+    /// Runs a CI job in the daemon (see `kiln_ci::glue::RunRequest`); waits for its report.
+    pub async fn ci_run(&self, request: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/ci/runs", Some(request)).await
+    }
+
     /// Runs a command and waits for its result.
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
         self.call(Method::POST, &format!("/v1/sandboxes/{}/exec", enc(id)), Some(req)).await

@@ -94,6 +94,18 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
 
 type Restored = (QemuVm, Agent, AgentInfo, Arc<Mutex<Option<String>>>, VmSpec, Duration);
 
+/// Restores from `base` into a new run folder (removed again on failure).
+async fn restore_new(home: &Home, base: &ForkBase, like: &VmSpec, memory: Memory, timeout: Duration) -> Result<(String, Restored), SandboxError> {
+    let (id, run_dir) = Sandbox::new_run_dir(home)?;
+    match restore_from(base, like, &run_dir, memory, timeout).await {
+        Ok(r) => Ok((id, r)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            Err(e)
+        }
+    }
+}
+
 /// Starts a VM in `run_dir` from the fork base with the given memory backing, loads the saved
 /// state and waits for the agent.
 async fn restore_from(base: &ForkBase, like: &VmSpec, run_dir: &Path, memory: Memory, timeout: Duration) -> Result<Restored, SandboxError> {
@@ -132,7 +144,6 @@ impl Sandbox {
         let spec: CheckpointSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json")).map_err(io(format!("read {}/spec.json", dir.display())))?)
             .map_err(|e| SandboxError::Invalid(format!("checkpoint {}: {e}", dir.display())))?;
         let base = Arc::new(ForkBase { dir: dir.to_owned(), memory: memory.to_owned(), owned: false, _parent: None });
-        let (id, run_dir) = Sandbox::new_run_dir(home)?;
         let like = VmSpec {
             kernel: artifacts.kernel_path.clone(),
             initrd: artifacts.initrd_path.clone(),
@@ -141,34 +152,15 @@ impl Sandbox {
             memory_mib: spec.memory_mib,
             accel,
             disk: None,
-            run_dir: run_dir.clone(),
+            run_dir: home.run().to_owned(),
             memory: Memory::Anonymous,
             incoming: true,
         };
-        let restored = restore_from(&base, &like, &run_dir, Memory::File { path: memory.to_owned(), shared: false }, Duration::from_secs(60)).await;
-        let (vm, agent, info, died, spec, boot) = match restored {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(e);
-            }
-        };
-        let sandbox = Sandbox {
-            id,
-            vm: Mutex::new(Some(vm)),
-            agent,
-            info,
-            accel,
-            died,
-            timings: CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO },
-            artifacts,
-            mode: CreateMode::Restored(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
-            spec,
-            machine_id: crate::random::hex(16),
-            env,
-            base: Some(base),
-            fork_timing: None,
-        };
+        let memory = Memory::File { path: memory.to_owned(), shared: false };
+        let (id, (vm, agent, info, died, spec, boot)) = restore_new(home, &base, &like, memory, Duration::from_secs(60)).await?;
+        let timings = CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO };
+        let mode = CreateMode::Restored(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let sandbox = Sandbox::assemble(id, vm, (agent, info, died), spec, accel, timings, artifacts, mode, env, Some(base));
         sandbox.set_identity().await?;
         Ok(sandbox)
     }
@@ -246,31 +238,11 @@ impl Sandbox {
         let children = futures_join_all((0..count).map(|_| {
             let (base, like, artifacts, env, parent_id) = (base.clone(), like.clone(), artifacts.clone(), env.clone(), parent_id.clone());
             async move {
-                let (id, run_dir) = Sandbox::new_run_dir(home)?;
                 let memory = Memory::File { path: base.memory.clone(), shared: false };
-                let (vm, agent, info, died, spec, boot) = match restore_from(&base, &like, &run_dir, memory, timeout).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&run_dir);
-                        return Err(e);
-                    }
-                };
-                let clone = Sandbox {
-                    id,
-                    vm: Mutex::new(Some(vm)),
-                    agent,
-                    info,
-                    accel,
-                    died,
-                    timings: CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO },
-                    artifacts,
-                    mode: CreateMode::Forked(parent_id),
-                    spec,
-                    machine_id: crate::random::hex(16),
-                    env,
-                    base: Some(base),
-                    fork_timing: None,
-                };
+                let (id, (vm, agent, info, died, spec, boot)) = restore_new(home, &base, &like, memory, timeout).await?;
+                let timings = CreateTimings { prepare: Duration::ZERO, boot, identity: Duration::ZERO };
+                let mode = CreateMode::Forked(parent_id);
+                let clone = Sandbox::assemble(id, vm, (agent, info, died), spec, accel, timings, artifacts, mode, env, Some(base.clone()));
                 let t = Instant::now();
                 clone.set_identity().await?;
                 let mut clone = clone;
@@ -299,8 +271,8 @@ impl Sandbox {
     }
 }
 
-/// Runs futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+/// Runs futures concurrently (on this task; they may borrow) and collects their outputs in order.
+pub async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut set = Vec::new();
     for f in futs {
         set.push(Box::pin(f));

@@ -129,6 +129,38 @@ pub fn qemu_version() -> Result<String, SandboxError> {
 }
 
 impl Sandbox {
+    /// A sandbox from a VM whose agent answered: a fresh machine id, no fork yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        id: String,
+        vm: QemuVm,
+        (agent, info, died): Attached,
+        spec: VmSpec,
+        accel: Accel,
+        timings: CreateTimings,
+        artifacts: BootArtifacts,
+        mode: CreateMode,
+        env: Vec<(String, String)>,
+        base: Option<Arc<crate::fork::ForkBase>>,
+    ) -> Sandbox {
+        Sandbox {
+            id,
+            vm: Mutex::new(Some(vm)),
+            agent,
+            info,
+            accel,
+            died,
+            timings,
+            artifacts,
+            mode,
+            spec,
+            machine_id: crate::random::hex(16),
+            env,
+            base,
+            fork_timing: None,
+        }
+    }
+
     /// Creates a sandbox: restored from the template's baked snapshot (baked on first use,
     /// re-baked if it is damaged or from another environment), or cold-booted with `cold`.
     pub async fn create(home: &Home, opts: &SandboxOptions, progress: Progress<'_>) -> Result<Sandbox, SandboxError> {
@@ -192,25 +224,9 @@ impl Sandbox {
         let vm = Qemu::default().launch(spec.clone()).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&run_dir);
         })?;
-        let (agent, info, died) = attach(&vm, opts.boot_timeout).await?;
+        let attached = attach(&vm, opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
-        let sandbox = Sandbox {
-            id,
-            vm: Mutex::new(Some(vm)),
-            agent,
-            info,
-            accel,
-            died,
-            timings,
-            artifacts,
-            mode: CreateMode::Cold,
-            spec,
-            machine_id: crate::random::hex(16),
-            env: opts.env.clone(),
-            base: None,
-            fork_timing: None,
-        };
-        sandbox.finish().await
+        Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, CreateMode::Cold, opts.env.clone(), None).finish().await
     }
 
     async fn restore(
@@ -271,26 +287,10 @@ impl Sandbox {
                 vm.stderr_text()
             )));
         }
-        let (agent, info, died) = attach(&vm, opts.boot_timeout).await?;
+        let attached = attach(&vm, opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
         let mode = CreateMode::Restored(snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let sandbox = Sandbox {
-            id,
-            vm: Mutex::new(Some(vm)),
-            agent,
-            info,
-            accel,
-            died,
-            timings,
-            artifacts,
-            mode,
-            spec,
-            machine_id: crate::random::hex(16),
-            env: opts.env.clone(),
-            base: None,
-            fork_timing: None,
-        };
-        sandbox.finish().await
+        Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, mode, opts.env.clone(), None).finish().await
     }
 
     async fn finish(mut self) -> Result<Sandbox, SandboxError> {
@@ -450,7 +450,10 @@ pub async fn ensure_snapshot(
 }
 /// Connects to a just-started VM's agent, waits for its hello, and starts a watchdog that
 /// notices when the VMM dies. On failure the VM is killed (by dropping it).
-pub(crate) async fn attach(vm: &QemuVm, timeout: Duration) -> Result<(Agent, AgentInfo, Arc<Mutex<Option<String>>>), SandboxError> {
+/// What [`attach`] yields: the agent, what it said of itself, and the watchdog's "died" slot.
+pub(crate) type Attached = (Agent, AgentInfo, Arc<Mutex<Option<String>>>);
+
+pub(crate) async fn attach(vm: &QemuVm, timeout: Duration) -> Result<Attached, SandboxError> {
     let died = Arc::new(Mutex::new(None));
     let watch = ExitWatch::new(vm.pid()).map_err(|source| SandboxError::Io { what: "watch the VM process".into(), source })?;
     let channel = AgentChannel::connect(&vm.control_socket(), Duration::from_secs(10)).await?;

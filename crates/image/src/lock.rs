@@ -12,18 +12,17 @@ pub struct FileLock {
     _file: File,
 }
 
+fn open(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(ImageError::io("create lock folder", dir))?;
+    }
+    OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(ImageError::io("open lock", path))
+}
+
 impl FileLock {
     /// Takes the lock at `path` if nobody holds it; `None` if somebody does.
     pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(ImageError::io("create lock folder", dir))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(ImageError::io("open lock", path))?;
+        let file = open(path)?;
         // SAFETY: flock on a valid open descriptor; no memory is passed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
@@ -38,15 +37,7 @@ impl FileLock {
 
     /// Blocks until the lock at `path` is ours.
     pub fn acquire(path: &Path) -> Result<FileLock> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(ImageError::io("create lock folder", dir))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(ImageError::io("open lock", path))?;
+        let file = open(path)?;
         loop {
             // SAFETY: flock on a valid open descriptor; no memory is passed.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };

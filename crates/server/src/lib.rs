@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod ci;
 pub mod error;
 pub mod exec;
 pub mod files;

@@ -39,6 +39,13 @@ fn body_for(op: &str) -> Option<Value> {
     let schema = |name: &str| json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{name}") } } } });
     match op {
         "createSandbox" => Some(schema("CreateSandbox")),
+        "ciRun" => Some(json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["repo", "build", "out"], "properties": {
+            "repo": { "type": "string" }, "ref": { "type": "string" }, "build": { "type": "string" }, "setup": { "type": "string" },
+            "timeout_seconds": { "type": "integer" }, "template": { "type": "string" },
+            "secrets": { "type": "object", "additionalProperties": { "type": "string" } }, "setup_secrets": { "type": "boolean" },
+            "allow": { "type": "array", "items": { "type": "string" } }, "cache_keys": { "type": "array", "items": { "type": "string" } },
+            "trusted": { "type": "boolean" }, "matrix": { "type": "object", "additionalProperties": { "type": "array", "items": { "type": "string" } } },
+            "artifacts": { "type": "array", "items": { "type": "string" } }, "out": { "type": "string" }, "parallel": { "type": "integer" } } } } } })),
         "exec" | "execStream" => Some(schema("ExecRequest")),
         "extendSandbox" => Some(json!({ "content": { "application/json": { "schema": { "type": "object", "properties": { "ttl_seconds": { "type": "integer" } } } } } })),
         "forkSandbox" => Some(json!({ "content": { "application/json": { "schema": { "type": "object", "properties": { "count": { "type": "integer" } } } } } })),

@@ -5,7 +5,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
-use crate::{auth, exec, files, meta, sandboxes, templates, AppState};
+use crate::{auth, ci, exec, files, meta, sandboxes, templates, AppState};
 
 /// One route.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/templates", "listTemplates", "Templates: built ones and known ones"),
     r("POST", "/v1/templates/{name}/build", "buildTemplate", "Build a template's root filesystem"),
     r("POST", "/v1/templates/{name}/bake", "bakeTemplate", "Bake a template's snapshot"),
+    r("POST", "/v1/ci/runs", "ciRun", "Run a CI job (kiln ci run) in the daemon; the report"),
     r("POST", "/v1/sandboxes", "createSandbox", "Create a sandbox from a template"),
     r("GET", "/v1/sandboxes", "listSandboxes", "Live sandboxes"),
     r("GET", "/v1/sandboxes/{id}", "getSandbox", "One sandbox"),
@@ -60,6 +61,7 @@ fn handler(op: &str) -> MethodRouter<AppState> {
         "listTemplates" => get(templates::list),
         "buildTemplate" => post(templates::build),
         "bakeTemplate" => post(templates::bake),
+        "ciRun" => post(ci::run),
         "createSandbox" => post(sandboxes::create),
         "listSandboxes" => get(sandboxes::list),
         "getSandbox" => get(sandboxes::get),

@@ -1,0 +1,207 @@
+//! What a CI run plugs into: kiln's egress proxy and the host's provenance signer, and the JSON
+//! form of a run request for `kiln serve`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kiln_core::tunnel::Handler;
+use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver};
+use kiln_image::Home;
+use serde::{Deserialize, Serialize};
+
+use crate::{CellFacts, CiConfig, Egress};
+
+/// The egress proxy for a run: one policy and log for all its VMs.
+pub struct ProxyEgress {
+    allow: Vec<String>,
+    ctx: Arc<RwLock<Arc<ProxyContext>>>,
+    log: Arc<EgressLog>,
+}
+
+impl ProxyEgress {
+    /// A proxy allowing these entries.
+    pub fn new(allow: Vec<String>) -> ProxyEgress {
+        let log = Arc::new(EgressLog::new());
+        let ctx = Self::context(&allow, &log);
+        ProxyEgress { allow, ctx: Arc::new(RwLock::new(ctx)), log }
+    }
+
+    fn context(allow: &[String], log: &Arc<EgressLog>) -> Arc<ProxyContext> {
+        let policy = Policy::parse(allow).unwrap_or_else(|_| Policy::deny_all());
+        let mut ctx = ProxyContext::new(policy, Arc::new(SystemResolver), Limits::default());
+        ctx.log = log.clone();
+        Arc::new(ctx)
+    }
+}
+
+impl Egress for ProxyEgress {
+    fn handler(&self) -> Handler {
+        let current = self.ctx.clone();
+        Arc::new(move |stream| {
+            // The policy in force when the connection opens.
+            let ctx = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+            Box::pin(async move {
+                kiln_egress::serve_connection(stream, &ctx).await;
+            })
+        })
+    }
+
+    fn allow_extra(&self, entry: Option<String>) {
+        let mut allow = self.allow.clone();
+        allow.extend(entry);
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Self::context(&allow, &self.log);
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::to_value(self.log.snapshot()).unwrap_or_default()
+    }
+}
+
+/// Signs each cell's provenance with the host key in `$KILN_HOME/keys`.
+pub fn host_signer(home: &Home) -> crate::Signer {
+    let store = kiln_provenance::KeyStore::in_home(home.root());
+    Arc::new(move |f: &CellFacts, dir: &std::path::Path| {
+        let facts = kiln_provenance::BuildFacts {
+            repo: f.repo.clone(),
+            git_ref: f.git_ref.clone(),
+            commit: f.commit.clone(),
+            build: f.build.clone(),
+            setup: f.setup.clone(),
+            matrix: f.matrix.clone(),
+            template: f.template.clone(),
+            template_digest: f.template_digest.clone(),
+            snapshot_digest: Some(f.snapshot.clone()),
+            builder_id: format!("https://kiln.dev/builder/{}", hostname()),
+            invocation_id: f.invocation.clone(),
+            started: f.started,
+            finished: f.finished,
+            artifacts: f.artifacts.clone(),
+        };
+        let json = kiln_provenance::provenance_for_run(&facts, &store).map_err(|e| e.to_string())?;
+        let path = dir.join("provenance.intoto.json");
+        std::fs::write(&path, json).map_err(|e| e.to_string())?;
+        Ok(path)
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// A run request as `POST /v1/ci/runs` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Local path (on the daemon's host) or URL.
+    pub repo: String,
+    /// Ref.
+    #[serde(rename = "ref", default = "head")]
+    pub git_ref: String,
+    /// Build command.
+    pub build: String,
+    /// Setup command.
+    #[serde(default)]
+    pub setup: Option<String>,
+    /// Timeout of each step.
+    #[serde(default = "thirty_minutes")]
+    pub timeout_seconds: u64,
+    /// Template.
+    #[serde(default = "base")]
+    pub template: String,
+    /// Secrets by name (held in memory only).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Secrets for the setup step too.
+    #[serde(default)]
+    pub setup_secrets: bool,
+    /// Egress allowlist.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Cache key files (paths on the daemon's host).
+    #[serde(default)]
+    pub cache_keys: Vec<String>,
+    /// May write the cache.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Matrix axes.
+    #[serde(default)]
+    pub matrix: BTreeMap<String, Vec<String>>,
+    /// Artifact globs.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// Output folder on the daemon's host.
+    pub out: String,
+    /// Cells at once.
+    #[serde(default)]
+    pub parallel: Option<usize>,
+}
+
+fn head() -> String {
+    "HEAD".into()
+}
+fn thirty_minutes() -> u64 {
+    1800
+}
+fn base() -> String {
+    "base".into()
+}
+
+/// The request for a config (secrets included: send it only over the daemon's socket).
+pub fn request_json(cfg: &CiConfig) -> Result<serde_json::Value, String> {
+    let out = std::path::absolute(&cfg.out).map_err(|e| e.to_string())?;
+    let repo = if crate::source::is_url(&cfg.repo) { cfg.repo.clone() } else { std::path::absolute(&cfg.repo).map_err(|e| e.to_string())?.display().to_string() };
+    let req = RunRequest {
+        repo,
+        git_ref: cfg.git_ref.clone(),
+        build: cfg.build.clone(),
+        setup: cfg.setup.clone(),
+        timeout_seconds: cfg.timeout.as_secs(),
+        template: cfg.template.clone(),
+        secrets: cfg.secrets.iter().cloned().collect(),
+        setup_secrets: cfg.setup_secrets,
+        allow: cfg.allow.clone(),
+        cache_keys: cfg.cache_keys.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect(),
+        trusted: cfg.trusted,
+        matrix: cfg.matrix.iter().cloned().collect(),
+        artifacts: cfg.artifacts.clone(),
+        out: out.display().to_string(),
+        parallel: Some(cfg.parallel),
+    };
+    serde_json::to_value(req).map_err(|e| e.to_string())
+}
+
+impl RunRequest {
+    /// The config it asks for, checked.
+    pub fn into_config(self) -> Result<CiConfig, String> {
+        if self.timeout_seconds == 0 {
+            return Err("timeout_seconds must be positive".into());
+        }
+        for g in &self.artifacts {
+            if !crate::artifacts::valid_glob(g) {
+                return Err(format!("artifact glob {g:?}: use a relative glob of letters, digits and ._-/*?[]"));
+            }
+        }
+        Policy::parse(&self.allow).map_err(|e| format!("allow: {e}"))?;
+        if !std::path::Path::new(&self.out).is_absolute() {
+            return Err("out must be an absolute path".into());
+        }
+        Ok(CiConfig {
+            repo: self.repo,
+            git_ref: self.git_ref,
+            build: self.build,
+            setup: self.setup,
+            timeout: Duration::from_secs(self.timeout_seconds),
+            template: self.template,
+            secrets: self.secrets.into_iter().collect(),
+            setup_secrets: self.setup_secrets,
+            allow: self.allow,
+            cache_keys: self.cache_keys.into_iter().map(Into::into).collect(),
+            trusted: self.trusted,
+            matrix: self.matrix.into_iter().collect(),
+            artifacts: self.artifacts,
+            out: self.out.into(),
+            parallel: self.parallel.unwrap_or(2).max(1),
+        })
+    }
+}
