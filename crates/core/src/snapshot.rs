@@ -254,6 +254,16 @@ pub fn load(dir: &Path, memory: &Path, expected: &Expected) -> Result<Snapshot, 
         }
         now.push((name.to_owned(), fp));
     }
+    // The disk's backing file is named by path inside the qcow2: it must still be there, and
+    // be the rootfs image this snapshot was made from (a wrong disk corrupts silently).
+    match qcow2_backing(&dir.join("disk.qcow2")) {
+        Some(b) if !b.is_file() => return Err(Unusable::Invalid(format!("disk.qcow2's backing file {} is gone", b.display()))),
+        Some(b) if b.file_name().and_then(|n| n.to_str()) != Some(expected.rootfs.hex()) => {
+            return Err(Unusable::Invalid(format!("disk.qcow2 rests on {}, not on rootfs {}", b.display(), expected.rootfs)))
+        }
+        Some(_) => {}
+        None => return Err(Unusable::Invalid("disk.qcow2 names no backing file".into())),
+    }
     if !all_current {
         let _ = write_atomic(&verified_path, &serde_json::to_vec(&now).expect("json"));
     }
@@ -266,6 +276,26 @@ pub fn meta_checksum(meta: &SnapshotMeta) -> Digest {
     Digest::of_bytes(&serde_json::to_vec(&value).expect("json"))
 }
 
+/// The backing file a qcow2 image names in its header, if any.
+pub fn qcow2_backing(path: &Path) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = [0u8; 20];
+    f.read_exact(&mut h).ok()?;
+    if &h[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
+    if off == 0 || len == 0 || len > 4096 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(off)).ok()?;
+    let mut name = vec![0u8; len];
+    f.read_exact(&mut name).ok()?;
+    Some(PathBuf::from(String::from_utf8(name).ok()?))
+}
+
 /// Finds the snapshot for `expected`.
 pub fn find(home: &Home, expected: &Expected) -> Result<Snapshot, Unusable> {
     load(&home.snapshots().join(expected.dir_name()), &memory_path(home, expected), expected)
@@ -276,8 +306,11 @@ pub fn memory_path(home: &Home, expected: &Expected) -> PathBuf {
     home.shm().join(format!("{}.memory", expected.dir_name()))
 }
 
-/// Creates a qcow2 overlay over `base` (format `base_format`).
+/// Creates a qcow2 overlay over `base` (format `base_format`). qcow2 records the backing file's
+/// path, so it is recorded with symbolic links resolved: an overlay made through a linked folder
+/// must not depend on the link (or the folder holding it) staying around.
 pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<(), SandboxError> {
+    let base = &std::fs::canonicalize(base).map_err(|source| SandboxError::Io { what: format!("resolve {}", base.display()), source })?;
     let out = std::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
         .arg(base)
@@ -490,6 +523,19 @@ mod tests {
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].contains("QEMU version is QEMU 8.0"), "{v:?}");
         assert!(v[1].contains("512 MiB"), "{v:?}");
+    }
+
+    #[test]
+    fn overlays_record_the_resolved_backing_path() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::write(real.join("base.img"), vec![0u8; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        let overlay = t.path().join("o.qcow2");
+        create_overlay(&t.path().join("link/base.img"), "raw", &overlay).unwrap();
+        assert_eq!(qcow2_backing(&overlay).unwrap(), std::fs::canonicalize(real.join("base.img")).unwrap());
+        assert_eq!(qcow2_backing(&real.join("base.img")), None);
     }
 
     #[test]
