@@ -344,8 +344,11 @@ pub async fn bake(
     }
     let t0 = Instant::now();
     progress(&format!("baking a snapshot of template {} ({} vCPU, {} MiB, {})", expected.template, expected.cpus, expected.memory_mib, expected.accel));
-    let tmp = home.snapshots().join(format!(".bake-{}-{}", expected.dir_name(), std::process::id()));
-    let tmp_mem = home.shm().join(format!(".bake-{}-{}.memory", expected.dir_name(), std::process::id()));
+    // Unique even for two bakes in one process (homes that share a snapshots folder); the pid
+    // comes last so a sweep can tell an abandoned bake.
+    let tag = format!("{}-{}-{}", expected.dir_name(), crate::random::hex(3), std::process::id());
+    let tmp = home.snapshots().join(format!(".bake-{tag}"));
+    let tmp_mem = home.shm().join(format!(".bake-{tag}.memory"));
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_file(&tmp_mem);
     std::fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;

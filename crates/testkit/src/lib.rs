@@ -56,7 +56,7 @@ impl TestHome {
     pub fn for_daemon() -> TestHome {
         let shared = Home::from_env();
         let root = tempfile::Builder::new().prefix("kd-").tempdir_in("/tmp").expect("temp home");
-        for sub in ["store", "kernels", "templates", "snapshots"] {
+        for sub in ["store", "kernels", "templates", "snapshots", "locks"] {
             let _ = std::fs::create_dir_all(shared.root().join(sub));
             std::os::unix::fs::symlink(shared.root().join(sub), root.path().join(sub)).expect("link shared artifacts");
         }
