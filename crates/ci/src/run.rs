@@ -311,7 +311,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
                 env.extend(cfg.secrets.iter().cloned());
             }
             let mut log = Vec::new();
-            let o = step(&setup_vm, setup, &workdir, env, cfg.timeout, "setup", &masks, &sink, &mut log).await?;
+            let o = step(&setup_vm, setup, workdir, env, cfg.timeout, "setup", &masks, &sink, &mut log).await?;
             std::fs::write(cfg.out.join("setup.log"), &log).map_err(|e| CiError::Io(e.to_string()))?;
             setup_exit = Some(o.exit_code());
             if o.exit_code() != 0 {

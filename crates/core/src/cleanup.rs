@@ -96,7 +96,7 @@ mod tests {
         std::fs::write(home.shm().join("sbx-dead.999999999.memory"), b"").unwrap();
         std::fs::write(home.shm().join("tiny-0123.memory"), b"").unwrap();
         let swept = sweep(&home);
-        assert_eq!(swept.dirs, [dead.clone()]);
+        assert_eq!(swept.dirs, std::slice::from_ref(&dead));
         assert!(mine.exists());
         assert!(home.shm().join(format!("sbx-mine.{me}.memory")).exists());
         assert!(!home.shm().join("sbx-dead.999999999.memory").exists());

@@ -456,7 +456,7 @@ impl Manager {
         let egress = e.egress.clone();
         {
             let parent = e.sandbox.read().await;
-            let _ = attach_egress(&parent, egress.clone());
+            drop(attach_egress(&parent, egress.clone())); // ends when that VM does
         }
         for c in clones {
             let info = self.register(c, deadline, &template, egress.clone())?;
