@@ -3,7 +3,7 @@
 //! write entries; untrusted runs restore private copy-on-write clones of them, so whatever they
 //! change dies with their VM. Setup steps that were given secrets are never cached.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kiln_core::fork::ForkBase;
 use kiln_image::Home;
@@ -45,7 +45,7 @@ impl Entry {
     }
 
     /// Whether a complete entry is there (its RAM file too: the tmpfs does not survive reboots).
-    pub fn is_valid(&self, _home: &Home) -> bool {
+    pub fn is_valid(&self) -> bool {
         ["state", "disk.qcow2", "spec.json", "complete"].iter().all(|f| self.dir.join(f).is_file()) && self.memory.is_file()
     }
 
@@ -58,15 +58,4 @@ impl Entry {
         std::fs::rename(&tmp, &self.dir).map_err(|e| e.to_string())?;
         std::fs::write(self.dir.join("complete"), b"").map_err(|e| e.to_string())
     }
-}
-
-/// Removes an entry (tests, and `--trusted` runs that want a fresh one).
-pub fn remove(entry: &Entry) {
-    let _ = std::fs::remove_dir_all(&entry.dir);
-    let _ = std::fs::remove_file(&entry.memory);
-}
-
-/// Whether `p` is inside the cache folder.
-pub fn is_cache_path(home: &Home, p: &Path) -> bool {
-    p.starts_with(home.root().join("ci-cache"))
 }

@@ -238,15 +238,15 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
     let artifacts_boot = kiln_core::artifacts::prepare(home, &cfg.template, progress)?;
     let (accel, _) = kiln_core::accel::resolve(home, Default::default()).await?;
     let (cpus, mem) = (artifacts_boot.template.cpus, artifacts_boot.template.memory_mib);
-    let snap = ensure_snapshot(home, &artifacts_boot, accel, cpus, mem, Duration::from_secs(120), progress).await?;
+    // Bake first if needed, so that the cache key names a snapshot that exists.
+    ensure_snapshot(home, &artifacts_boot, accel, cpus, mem, Duration::from_secs(120), progress).await?;
     let snapshot_name = Expected::new(&artifacts_boot, qemu_version()?, accel, cpus, mem).dir_name();
-    let _ = snap;
     let cache_key = match &cfg.setup {
         Some(setup) if !cfg.setup_secrets => Some(crate::cache::key(&snapshot_name, setup, &cfg.cache_keys)?),
         _ => None,
     };
     let cache = cache_key.as_ref().map(|k| crate::cache::Entry::new(home, k));
-    let cache_hit = cache.as_ref().is_some_and(|c| c.is_valid(home));
+    let cache_hit = cache.as_ref().is_some_and(|c| c.is_valid());
 
     let base_env: Vec<(String, String)> = proxy_env();
     let build_env = |cell: &BTreeMap<String, String>| -> Vec<(String, String)> {

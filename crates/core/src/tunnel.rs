@@ -163,7 +163,7 @@ fn on_message(msg: NetMsg, conns: &Conns, tx: &mpsc::Sender<NetMsg>, handler: &H
 
 fn spawn_conn(id: u32, ours: DuplexStream, mut up_rx: mpsc::UnboundedReceiver<Vec<u8>>, c: &Conn, conns: Conns, tx: mpsc::Sender<NetMsg>) {
     let (mut rd, mut wr) = tokio::io::split(ours);
-    let (inflight, reset) = (c.guest_inflight.clone(), c.reset.clone());
+    let inflight = c.guest_inflight.clone();
     let up_tx = tx.clone();
     // Guest → handler: write, then give the guest its credit back.
     let up = tokio::spawn(async move {
@@ -181,7 +181,7 @@ fn spawn_conn(id: u32, ours: DuplexStream, mut up_rx: mpsc::UnboundedReceiver<Ve
         }
     });
     let credit = c.credit.clone();
-    let reset2 = reset.clone();
+    let reset = c.reset.clone();
     // Handler → guest, within the guest's credit.
     let down = tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_CHUNK];
@@ -215,12 +215,11 @@ fn spawn_conn(id: u32, ours: DuplexStream, mut up_rx: mpsc::UnboundedReceiver<Ve
         let up_abort = up.abort_handle();
         let down_abort = down.abort_handle();
         tokio::select! {
-            _ = reset2.notified() => { up_abort.abort(); down_abort.abort(); }
+            _ = reset.notified() => { up_abort.abort(); down_abort.abort(); }
             _ = async { let _ = up.await; let _ = down.await; } => {}
         }
         lock(&conns).remove(&id);
     });
-    let _ = reset;
 }
 
 #[cfg(test)]
