@@ -6,7 +6,7 @@ AGENT        := target/$(AGENT_TARGET)/release/kiln-agent
 KILN         := target/release/kiln
 export CARGO_TERM_PROGRESS_WHEN = never
 
-.PHONY: all deps build agent demo test test-unit test-vm lint clean
+.PHONY: all deps build agent demo test lint fuzz clean
 
 all: build
 
@@ -37,6 +37,15 @@ test: build
 	$(KILN) template build tiny
 	$(KILN) template build base
 	cargo test --release --locked --workspace -- --test-threads=2
+
+# Coverage-guided fuzzing (libFuzzer via cargo-fuzz, nightly toolchain) of the host-side
+# decoders and the API's request parsing, FUZZ_SECS seconds per target. Not part of `make test`.
+FUZZ_SECS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in guest_frames tunnel_frames api_bodies; do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
 
 lint:
 	cargo clippy --release --workspace --all-targets -- -D warnings

@@ -28,7 +28,7 @@ pub const MAX_STREAM_BACKLOG: usize = 64 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExecBody {
+pub(crate) struct ExecBody {
     cmd: Option<String>,
     argv: Option<Vec<String>>,
     #[serde(default)]

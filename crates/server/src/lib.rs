@@ -10,6 +10,7 @@ pub mod ci;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod fuzzing;
 pub mod meta;
 pub mod openapi;
 pub mod routes;

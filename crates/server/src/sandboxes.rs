@@ -16,7 +16,7 @@ use crate::{Actor, AppState};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     template: String,
     ttl_seconds: Option<i64>,
     cpus: Option<u32>,
@@ -76,7 +76,7 @@ pub async fn delete(State(st): State<AppState>, Extension(actor): Extension<Acto
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExtendBody {
+pub(crate) struct ExtendBody {
     ttl_seconds: i64,
 }
 
@@ -88,7 +88,7 @@ pub async fn extend(State(st): State<AppState>, Extension(actor): Extension<Acto
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ForkBody {
+pub(crate) struct ForkBody {
     #[serde(default = "one")]
     count: i64,
 }

@@ -30,7 +30,7 @@ pub async fn list(State(st): State<AppState>) -> Json<Vec<Value>> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BuildBody {
+pub(crate) struct BuildBody {
     #[serde(default)]
     force: bool,
 }

@@ -1,0 +1,32 @@
+//! Entry points for the fuzz targets (`make fuzz`): the request bodies every route parses.
+
+use crate::error::{parse_json, ApiResult};
+
+/// The routes with a JSON body.
+pub const OPS: [&str; 6] = ["createSandbox", "extendSandbox", "forkSandbox", "exec", "buildTemplate", "ciRun"];
+
+/// Parses `body` as route `op` would, discarding the result.
+pub fn parse_body(op: &str, body: &[u8]) -> ApiResult<()> {
+    match op {
+        "createSandbox" => parse_json::<crate::sandboxes::CreateBody>(body).map(drop),
+        "extendSandbox" => parse_json::<crate::sandboxes::ExtendBody>(body).map(drop),
+        "forkSandbox" => parse_json::<crate::sandboxes::ForkBody>(body).map(drop),
+        "exec" => parse_json::<crate::exec::ExecBody>(body).map(drop),
+        "buildTemplate" => parse_json::<crate::templates::BuildBody>(body).map(drop),
+        "ciRun" => parse_json::<kiln_ci::glue::RunRequest>(body).map(drop),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_or_fail_cleanly() {
+        assert!(parse_body("createSandbox", b"{\"template\":\"tiny\"}").is_ok());
+        for op in OPS {
+            assert!(parse_body(op, b"\xff\x00{").is_err());
+        }
+    }
+}
