@@ -174,6 +174,27 @@ fn proxy_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Most of a step's log kept on the host (the terminal still gets all of it): a guest that
+/// prints without end must not grow kiln's memory without end.
+pub const MAX_LOG: usize = 64 << 20;
+/// Most output kept of kiln's own helper commands in the guest (clone, update).
+const MAX_QUIET: usize = 1 << 20;
+const TRUNCATED: &[u8] = b"\n[kiln: log truncated]\n";
+
+/// Appends `d` to `buf` up to `cap` bytes, then a single truncation marker.
+fn push_capped(buf: &mut Vec<u8>, d: &[u8], cap: usize) {
+    if buf.len() >= cap {
+        return;
+    }
+    let room = cap - buf.len();
+    if d.len() <= room {
+        buf.extend_from_slice(d);
+    } else {
+        buf.extend_from_slice(&d[..room]);
+        buf.extend_from_slice(TRUNCATED);
+    }
+}
+
 /// Runs a command, masked output to `sink` and `log`; returns the outcome.
 #[allow(clippy::too_many_arguments)]
 async fn step(sbx: &Sandbox, script: &str, cwd: &str, env: Vec<(String, String)>, timeout: Duration, label: &str, masker: &Mutex<(Masker, Masker)>, sink: &Sink, log: &mut Vec<u8>) -> Result<kiln_core::ExecOutcome, SandboxError> {
@@ -186,14 +207,14 @@ async fn step(sbx: &Sandbox, script: &str, cwd: &str, env: Vec<(String, String)>
                 Output::Stdout(d) => (m.0.push(d), false),
                 Output::Stderr(d) => (m.1.push(d), true),
             };
-            log.extend_from_slice(&bytes);
+            push_capped(log, &bytes, MAX_LOG);
             sink(label, &bytes, err);
         })
         .await;
     let mut m = masker.lock().unwrap_or_else(|e| e.into_inner());
     let (o, e) = (m.0.finish(), m.1.finish());
-    log.extend_from_slice(&o);
-    log.extend_from_slice(&e);
+    push_capped(log, &o, MAX_LOG);
+    push_capped(log, &e, MAX_LOG);
     sink(label, &o, false);
     sink(label, &e, true);
     r
@@ -205,8 +226,8 @@ async fn quiet(sbx: &Sandbox, script: &str, env: Vec<(String, String)>) -> Resul
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let o = sbx
         .exec(req, |o| match o {
-            Output::Stdout(d) => out.extend_from_slice(d),
-            Output::Stderr(d) => err.extend_from_slice(d),
+            Output::Stdout(d) => push_capped(&mut out, d, MAX_QUIET),
+            Output::Stderr(d) => push_capped(&mut err, d, MAX_QUIET),
         })
         .await?;
     Ok((o.exit_code(), String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned()))
@@ -457,6 +478,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_capped() {
+        let mut b = Vec::new();
+        push_capped(&mut b, b"12345", 8);
+        push_capped(&mut b, b"6789", 8);
+        push_capped(&mut b, b"more", 8);
+        assert_eq!(b, [&b"12345678"[..], TRUNCATED].concat());
+    }
 
     #[test]
     fn matrix_cells() {
