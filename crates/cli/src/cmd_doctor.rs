@@ -70,6 +70,15 @@ pub async fn run(a: DoctorArgs) -> i32 {
         Ok(()) => r.ok("/dev/kvm", "opens read-write (whether guests boot on it is probed by `auto`)"),
         Err(e) => r.warn("/dev/kvm", format!("{e}; guests run under TCG (slow)")),
     }
+    match (kiln_vmm::confine::Policy::from_env(), kiln_vmm::confine::host()) {
+        (Err(e), _) => r.fail("confinement", e),
+        (Ok(kiln_vmm::confine::Policy::Off), _) => r.warn("confinement", "off (KILN_CONFINE=off): VMMs run unconfined as kiln's user; trusted code only"),
+        (Ok(_), Ok(c)) => r.ok(
+            "confinement",
+            format!("own uid per VMM (group {}), mount/net/IPC/UTS namespaces, {}, QEMU seccomp", c.gid(), c.layout.describe()),
+        ),
+        (Ok(_), Err(e)) => r.fail("confinement", format!("{e}; kiln refuses to start VMs (KILN_CONFINE=off opts out, for trusted code only)")),
+    }
     if a.probe {
         match kiln_core::accel::resolve(&home, AccelChoice::Auto).await {
             Ok((accel, why)) => r.ok("accelerator", format!("{accel}: {why}")),

@@ -51,6 +51,14 @@ pub async fn run(a: ServeArgs) -> i32 {
         }
         Err(e) => return exit::report(&e.into()),
     };
+    match kiln_vmm::confine::for_launch() {
+        Ok(Some(c)) => eprintln!("kiln: VMMs are confined (own uid, namespaces, {}, seccomp)", c.layout.describe()),
+        Ok(None) => eprintln!("kiln: WARNING: KILN_CONFINE=off: VMMs run unconfined as kiln's own user; do not run untrusted code"),
+        Err(e) => {
+            eprintln!("kiln: refusing to start: {e}");
+            return exit::KILN_FAILED;
+        }
+    }
     let limits = Limits {
         max_sandboxes: a.max_sandboxes,
         max_memory_mib: a.max_memory,

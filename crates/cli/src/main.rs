@@ -27,7 +27,14 @@ Exit codes:
   128+N    the command was killed by signal N
   2        bad usage or input (unknown flag or template, malformed value)
   130      interrupted (Ctrl-C); the VM was destroyed
-  1        kiln verify: the provenance does not verify";
+  1        kiln verify: the provenance does not verify
+
+Environment:
+  KILN_HOME           state, templates, snapshots, keys (default ~/.local/share/kiln)
+  KILN_CONFINE        on (default): every VMM runs jailed (own uid, namespaces, cgroup,
+                      seccomp), and kiln refuses to start VMs where it cannot; off: no jail
+                      (trusted code only)
+  KILN_VMM_UID_BASE   first of the 65,536 uids VMMs run as (default 1900000000)";
 
 /// Run untrusted build steps in disposable microVMs.
 #[derive(Debug, Parser)]

@@ -85,15 +85,48 @@ pub trait Vm: Send {
     }
 }
 
+/// Console lines that say what became of the guest; kept in the tail even when older.
+const KEY_LINES: [&str; 2] = ["Kernel panic", "reboot: "];
+
 /// The last 15 lines (at most 2 KiB) of a console log, prefixed for display; empty if none.
+/// A kernel panic or halt line among the last 16 KiB is kept too, first: a panic's stack
+/// trace is longer than the tail.
 pub fn console_tail(path: &Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else { return String::new() };
-    let start = bytes.len().saturating_sub(2048);
-    let text = String::from_utf8_lossy(&bytes[start..]);
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(16 << 10))).is_err() || f.take(16 << 10).read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let window = String::from_utf8_lossy(&bytes);
+    let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(2048)..]);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = &lines[lines.len().saturating_sub(15)..];
     if tail.is_empty() {
         return String::new();
     }
-    format!("; guest console ({}):\n  {}", path.display(), tail.join("\n  "))
+    let key: Vec<&str> = window.lines().filter(|l| KEY_LINES.iter().any(|k| l.contains(k)) && !tail.contains(l)).take(3).collect();
+    let shown: Vec<&str> = key.iter().chain(if key.is_empty() { [].iter() } else { [" ..."].iter() }).chain(tail.iter()).copied().collect();
+    format!("; guest console ({}):\n  {}", path.display(), shown.join("\n  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_panic_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console.log");
+        let mut text = String::from("boot\n[ 2.4] Kernel panic - not syncing: sysrq triggered crash\n");
+        for i in 0..40 {
+            text.push_str(&format!("[ 2.5] trace line {i}\n"));
+        }
+        std::fs::write(&p, text).unwrap();
+        let t = console_tail(&p);
+        assert!(t.contains("Kernel panic - not syncing"), "{t}");
+        assert!(t.contains("trace line 39") && !t.contains("trace line 10\n"), "{t}");
+        assert!(!t.contains("boot"), "{t}");
+    }
 }

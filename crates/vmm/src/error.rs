@@ -54,6 +54,9 @@ pub enum VmError {
     /// The agent channel broke: the guest sent something invalid, or the connection ended.
     #[error("guest channel failed: {0}")]
     Channel(String),
+    /// The VMM could not be confined (or confinement is required and unavailable).
+    #[error("{0}")]
+    Confine(String),
     /// The requested accelerator is not usable here.
     #[error("accelerator {0} is not usable on this host: {1}")]
     Accel(String, String),

@@ -4,9 +4,14 @@
 #![warn(missing_docs)]
 
 pub mod accel;
+pub mod cgroup;
 pub mod channel;
+pub mod confine;
 pub mod driver;
 pub mod error;
+pub mod hostops;
+pub mod jail;
+pub mod qcow2;
 pub mod qemu;
 pub mod qmp;
 pub mod spawn;

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use std::sync::Arc;
+
+use crate::cgroup::VmCgroup;
+use crate::confine::Confinement;
 use crate::driver::{Driver, Memory, Vm, VmSpec};
 use crate::error::VmError;
 use crate::qmp::Qmp;
@@ -17,15 +21,23 @@ use crate::spawn::{spawn_supervised, ExitWatch};
 pub struct Qemu {
     /// The binary, `qemu-system-x86_64` unless `KILN_QEMU` says otherwise.
     pub binary: PathBuf,
+    /// How VMMs are confined: `Ok(None)` when the user opted out, `Err` (why) when
+    /// confinement is required but this host cannot provide it.
+    pub confine: Result<Option<Arc<Confinement>>, String>,
 }
 
 impl Default for Qemu {
     fn default() -> Self {
-        Qemu { binary: std::env::var_os("KILN_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()) }
+        Qemu { binary: Self::binary_from_env(), confine: crate::confine::for_launch() }
     }
 }
 
 impl Qemu {
+    /// `KILN_QEMU`, or `qemu-system-x86_64`.
+    pub fn binary_from_env() -> PathBuf {
+        std::env::var_os("KILN_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into())
+    }
+
     /// `qemu-system-x86_64 --version`, first line (e.g. "QEMU emulator version 7.2.22 ...").
     pub fn version(&self) -> Result<String, VmError> {
         let out = Command::new(&self.binary)
@@ -36,8 +48,8 @@ impl Qemu {
         Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned())
     }
 
-    /// The full argument list for a spec.
-    pub fn args(spec: &VmSpec) -> Vec<String> {
+    /// The full argument list for a spec; `confined` adds the seccomp filter.
+    pub fn args(spec: &VmSpec, confined: bool) -> Vec<String> {
         let run = |f: &str| spec.run_dir.join(f).display().to_string();
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
@@ -46,6 +58,9 @@ impl Qemu {
             Memory::File { .. } => "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem".to_owned(),
         };
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        if confined {
+            push(&["-sandbox", crate::confine::SECCOMP]);
+        }
         push(&["-M", &machine]);
         push(&spec.accel.qemu_args());
         push(&["-smp", &spec.cpus.to_string(), "-m", &format!("{}M", spec.memory_mib)]);
@@ -84,17 +99,34 @@ impl Driver for Qemu {
     type Vm = QemuVm;
 
     fn launch(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
+        let confine = self.confine.clone().map_err(VmError::Confine)?;
         std::fs::create_dir_all(&spec.run_dir).map_err(VmError::io("create run folder", &spec.run_dir))?;
         let stderr_path = spec.run_dir.join("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
+        let (jail, cgroup) = match &confine {
+            Some(c) => {
+                let (jail, cgroup) = c.jail(&spec).inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&spec.run_dir);
+                })?;
+                (Some(jail), Some((c.clone(), cgroup)))
+            }
+            None => (None, None),
+        };
         let mut cmd = Command::new(&self.binary);
-        cmd.args(Self::args(&spec)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).current_dir(&spec.run_dir);
-        let child = spawn_supervised(cmd).map_err(|source| {
+        cmd.args(Self::args(&spec, confine.is_some())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).current_dir(&spec.run_dir);
+        let child = spawn_supervised(cmd, jail).map_err(|source| {
+            if let Some((c, cg)) = &cgroup {
+                c.release(cg);
+            }
+            let detail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             let _ = std::fs::remove_dir_all(&spec.run_dir);
-            VmError::Spawn { binary: self.binary.display().to_string(), source }
+            match detail.lines().find(|l| l.starts_with("kiln jail:")) {
+                Some(step) => VmError::Confine(format!("{step}: {source}")),
+                None => VmError::Spawn { binary: self.binary.display().to_string(), source },
+            }
         })?;
         let watch = ExitWatch::new(child.id()).map_err(VmError::io("pidfd_open", &spec.run_dir))?;
-        Ok(QemuVm { child: Some(child), watch, run_dir: spec.run_dir, qmp: None, status: None })
+        Ok(QemuVm { child: Some(child), watch, run_dir: spec.run_dir, qmp: None, status: None, cgroup })
     }
 }
 
@@ -106,6 +138,8 @@ pub struct QemuVm {
     run_dir: PathBuf,
     qmp: Option<Qmp>,
     status: Option<String>,
+    /// The VMM's cgroup, removed once it has exited.
+    cgroup: Option<(Arc<Confinement>, VmCgroup)>,
 }
 
 impl QemuVm {
@@ -204,6 +238,9 @@ impl Vm for QemuVm {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some((c, cg)) = self.cgroup.take() {
+            c.release(&cg);
+        }
         self.qmp = None;
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
@@ -237,7 +274,9 @@ mod tests {
 
     #[test]
     fn command_line_shape() {
-        let a = Qemu::args(&spec()).join(" ");
+        let a = Qemu::args(&spec(), false).join(" ");
+        assert!(!a.contains("-sandbox"), "{a}");
+        assert!(Qemu::args(&spec(), true).join(" ").contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(a.contains("-M microvm,"), "{a}");
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("-smp 2 -m 256M"), "{a}");
@@ -248,7 +287,7 @@ mod tests {
         let mut s = spec();
         s.memory = Memory::File { path: "/dev/shm/x".into(), shared: false };
         s.incoming = true;
-        let a = Qemu::args(&s).join(" ");
+        let a = Qemu::args(&s, false).join(" ");
         assert!(a.contains("memory-backend=mem"), "{a}");
         assert!(a.contains("mem-path=/dev/shm/x,share=off"), "{a}");
         assert!(a.ends_with("-incoming defer"), "{a}");

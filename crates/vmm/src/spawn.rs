@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 
 use tokio::io::unix::AsyncFd;
 
+use crate::jail::Prepared;
+
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
 fn spawner() -> &'static std::sync::Mutex<mpsc::Sender<SpawnRequest>> {
@@ -33,14 +35,25 @@ fn spawner() -> &'static std::sync::Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-/// Spawns `cmd` so that it dies with this process.
-pub fn spawn_supervised(mut cmd: Command) -> io::Result<Child> {
+/// Whether process `pid` exists.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Spawns `cmd` so that it dies with this process, inside `jail` if given.
+pub fn spawn_supervised(mut cmd: Command, jail: Option<Prepared>) -> io::Result<Child> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
-    // functions (prctl, getppid, setpgid, _exit) without allocating.
+    // functions (the jail's system calls, prctl, getppid, setpgid, _exit) without allocating.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(j) = &jail {
+                j.enter()?;
+            }
+            // After the jail: changing uid clears the parent-death signal.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -100,7 +113,7 @@ mod tests {
     async fn watch_sees_exit() {
         let mut c = Command::new("sleep");
         c.arg("0.1");
-        let mut child = spawn_supervised(c).unwrap();
+        let mut child = spawn_supervised(c, None).unwrap();
         let w = ExitWatch::new(child.id()).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), w.exited()).await.unwrap();
         assert!(child.try_wait().unwrap().is_some());
