@@ -20,6 +20,40 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// How long removal waits for the last processes of a killed cgroup to exit.
 const REMOVE_WAIT: Duration = Duration::from_secs(1);
 
+/// Guest memory the commands can never take from the agent and the kernel: at least this,
+/// or an eighth of the guest's memory if that is more.
+const RESERVE_KIB: u64 = 40 * 1024;
+/// Processes and threads all running commands may have together (a fork bomb stops here), at
+/// most: never more than three quarters of the kernel's `threads-max` (which small guests
+/// set low: about 1,900 with 256 MiB), so the agent can always start a thread.
+pub const PIDS_MAX: u64 = 4096;
+
+fn mem_total_kib() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Caps the memory and process count of all commands together (the `kiln` group), so that a
+/// command that eats all memory or forks without end meets the guest's OOM killer or EAGAIN
+/// inside its group while the agent keeps answering. In the real guest only (PID 1).
+fn limit_parent() {
+    if let Err(e) = fs::write(Path::new(ROOT).join("cgroup.subtree_control"), "+memory +pids") {
+        log!("enabling the memory and pids controllers: {e}; commands are not limited");
+        return;
+    }
+    if let Some(total) = mem_total_kib() {
+        let max = total.saturating_sub(RESERVE_KIB.max(total / 8)) * 1024;
+        if let Err(e) = fs::write(Path::new(PARENT).join("memory.max"), max.to_string()) {
+            log!("memory.max: {e}");
+        }
+    }
+    let threads_max: u64 = fs::read_to_string("/proc/sys/kernel/threads-max").ok().and_then(|t| t.trim().parse().ok()).unwrap_or(PIDS_MAX);
+    let pids = PIDS_MAX.min(threads_max * 3 / 4).max(64);
+    if let Err(e) = fs::write(Path::new(PARENT).join("pids.max"), pids.to_string()) {
+        log!("pids.max: {e}");
+    }
+}
+
 /// An exec's cgroup.
 #[derive(Debug)]
 pub struct Cgroup {
@@ -33,7 +67,12 @@ fn available() -> bool {
             return false;
         }
         match fs::create_dir(PARENT) {
-            Ok(()) => true,
+            Ok(()) => {
+                if std::process::id() == 1 {
+                    limit_parent();
+                }
+                true
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
             Err(e) => {
                 log!("cgroups unavailable, execs are contained by process group only: mkdir {PARENT}: {e}");

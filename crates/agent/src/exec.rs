@@ -98,7 +98,7 @@ pub fn run(ctx: &ExecCtx, job: Job) {
         }
     };
     let deadline = spec.timeout_ms.and_then(|ms| start.checked_add(Duration::from_millis(ms)));
-    let mut pump = Pump { id, gen, ctx, streams: [out, err, Some(status_pipe)] };
+    let mut pump = Pump { id, gen, ctx, streams: [out, err, Some(status_pipe)], budget: spec.max_output.unwrap_or(u64::MAX) };
     let end = pump.run(deadline, &kill, || {
         // The reaper already killed the process group; the cgroup also holds what left it.
         if let Some(cgroup) = &cgroup {
@@ -176,6 +176,8 @@ struct Pump<'a> {
     ctx: &'a ExecCtx,
     /// stdout, stderr, and the pipe on which the reaper delivers the exit status.
     streams: [Option<File>; 3],
+    /// Output bytes still to forward (the request's `max_output`); the rest is read and dropped.
+    budget: u64,
 }
 
 impl Pump<'_> {
@@ -239,6 +241,11 @@ impl Pump<'_> {
         match f.read(buf) {
             Ok(0) => self.streams[i] = None,
             Ok(n) => {
+                let n = n.min(usize::try_from(self.budget).unwrap_or(usize::MAX));
+                if n == 0 {
+                    return;
+                }
+                self.budget -= n as u64;
                 let data = buf[..n].to_vec();
                 let msg = if i == STDOUT {
                     GuestMsg::Stdout { id: self.id, data }

@@ -187,7 +187,7 @@ impl Run {
 }
 
 fn shell(script: &str) -> ExecSpec {
-    ExecSpec { command: Cmd::Shell(script.into()), env: vec![], cwd: None, stdin: false, timeout_ms: None }
+    ExecSpec { command: Cmd::Shell(script.into()), env: vec![], cwd: None, stdin: false, timeout_ms: None, max_output: None }
 }
 
 fn argv(args: &[&str]) -> ExecSpec {
@@ -346,6 +346,16 @@ fn large_output_intact_and_in_order() {
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
     assert_eq!(run.stdout.len(), expected.len());
     assert!(run.out() == expected, "output differs");
+}
+
+#[test]
+fn output_past_max_output_is_drained_not_sent() {
+    let mut a = Agent::start();
+    // 20 MB is written and read in full (the command is not blocked on a full pipe), but only
+    // the first 100,000 bytes are sent.
+    let run = a.run(ExecSpec { max_output: Some(100_000), ..shell("head -c 20000000 /dev/zero; echo done >&2") });
+    assert_eq!(run.status, Some(ExitStatus::Code(0)));
+    assert_eq!(run.stdout.len() + run.stderr.len(), 100_000);
 }
 
 #[test]

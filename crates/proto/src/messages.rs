@@ -30,6 +30,9 @@ pub struct ExecSpec {
     /// Hard timeout in milliseconds. On expiry the agent kills every process the command
     /// started (its process group and its cgroup) and reports `timed_out`.
     pub timeout_ms: Option<u64>,
+    /// Output (stdout and stderr together) the agent forwards; past it the agent keeps
+    /// draining the pipes but sends nothing more. The host enforces its own cap regardless.
+    pub max_output: Option<u64>,
 }
 
 /// How a command ended.
@@ -463,7 +466,7 @@ mod tests {
         assert!(HostMsg::Stat { id: 1, path: "/etc/passwd".into() }.validate().is_ok());
         let exec = |command| HostMsg::Exec {
             id: 1,
-            spec: ExecSpec { command, env: vec![], cwd: None, stdin: false, timeout_ms: None },
+            spec: ExecSpec { command, env: vec![], cwd: None, stdin: false, timeout_ms: None, max_output: None },
         };
         assert!(exec(Command::Argv(vec![])).validate().is_err());
         assert!(exec(Command::Shell("true".into())).validate().is_ok());
