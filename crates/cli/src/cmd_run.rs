@@ -22,6 +22,10 @@ pub struct RunArgs {
     /// Kill the command and everything it started after this many seconds (exit 124).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// Output (stdout and stderr together) passed on; past it the rest is discarded and a
+    /// marker is printed on stderr. Default 256 MiB.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    max_output: Option<u64>,
     /// Environment for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -146,6 +150,7 @@ pub async fn run(a: RunArgs) -> i32 {
     req.env = a.env;
     req.cwd = a.workdir;
     req.timeout = a.timeout;
+    req.max_output = a.max_output;
     if a.interactive {
         req.stdin = Some(Box::new(tokio::io::stdin()));
     }

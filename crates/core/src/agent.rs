@@ -9,10 +9,15 @@ use kiln_vmm::AgentChannel;
 
 use crate::error::SandboxError;
 
+/// Commands that may run at once in one sandbox; more are refused (429 through the API).
+pub const MAX_CONCURRENT_EXECS: usize = 64;
+
 /// The agent of one sandbox.
 #[derive(Debug, Clone)]
 pub struct Agent {
     pub(crate) channel: AgentChannel,
+    /// Execs running now.
+    pub(crate) running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What the agent said about itself.
@@ -35,7 +40,7 @@ pub(crate) fn unexpected(msg: GuestMsg) -> SandboxError {
 impl Agent {
     /// Wraps a channel.
     pub fn new(channel: AgentChannel) -> Agent {
-        Agent { channel }
+        Agent { channel, running: Default::default() }
     }
 
     /// The channel.

@@ -39,11 +39,14 @@ pub enum SandboxError {
     #[error("the guest agent misbehaved: {0}")]
     Protocol(String),
     /// The agent did not finish a command long after its timeout.
-    #[error("the guest agent did not report the end of the command {0}s after its timeout; the sandbox was destroyed")]
+    #[error("the guest agent stopped answering (nothing for {0}s past the command's deadline); the sandbox was destroyed")]
     Unresponsive(u64),
     /// Bad input from the caller.
     #[error("{0}")]
     Invalid(String),
+    /// A per-sandbox limit is reached (e.g. concurrent execs); retry later.
+    #[error("{0}")]
+    Busy(String),
     /// A host I/O error.
     #[error("{what}")]
     Io {
@@ -61,6 +64,7 @@ impl SandboxError {
         matches!(
             self,
             SandboxError::Invalid(_)
+                | SandboxError::Busy(_)
                 | SandboxError::Image(kiln_image::ImageError::UnknownTemplate { .. } | kiln_image::ImageError::BadTemplate { .. })
                 | SandboxError::Guest { .. }
         )

@@ -14,6 +14,17 @@ use crate::error::SandboxError;
 /// declares the agent unresponsive (TCG guests under load can be slow to tear down).
 pub const TIMEOUT_GRACE: Duration = Duration::from_secs(20);
 
+/// Output (stdout and stderr together) one command may produce by default; past it the rest
+/// is dropped, and a marker says so.
+pub const DEFAULT_MAX_OUTPUT: u64 = 256 << 20;
+
+/// What replaces output past the cap (sent once, on stderr).
+pub const TRUNCATION_MARKER: &str = "\n[kiln: output truncated: the command wrote more than its output limit; the rest was discarded]\n";
+
+/// How long the agent may take to start a command (or to refuse it) before the host declares
+/// it unresponsive, whatever the command's own timeout.
+pub const START_GRACE: Duration = Duration::from_secs(60);
+
 /// A command to run.
 #[derive(Default)]
 pub struct ExecRequest {
@@ -27,6 +38,8 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
     /// Bytes for the command's stdin; `None` gives it /dev/null.
     pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Output cap; [`DEFAULT_MAX_OUTPUT`] when `None`.
+    pub max_output: Option<u64>,
 }
 
 impl std::fmt::Debug for ExecRequest {
@@ -37,6 +50,7 @@ impl std::fmt::Debug for ExecRequest {
             .field("cwd", &self.cwd)
             .field("timeout", &self.timeout)
             .field("stdin", &self.stdin.is_some())
+            .field("max_output", &self.max_output)
             .finish()
     }
 }
@@ -70,10 +84,37 @@ impl ExecRequest {
         self
     }
 
+    /// Caps the output.
+    pub fn max_output(mut self, bytes: u64) -> Self {
+        self.max_output = Some(bytes);
+        self
+    }
+
     /// Feeds these bytes to stdin.
     pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Self {
         self.stdin = Some(Box::new(std::io::Cursor::new(bytes)));
         self
+    }
+}
+
+/// A place among a sandbox's running execs, given back on drop.
+struct ExecSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ExecSlot {
+    fn take(running: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Result<ExecSlot, SandboxError> {
+        use std::sync::atomic::Ordering;
+        let max = crate::agent::MAX_CONCURRENT_EXECS;
+        if running.fetch_add(1, Ordering::AcqRel) >= max {
+            running.fetch_sub(1, Ordering::AcqRel);
+            return Err(SandboxError::Busy(format!("{max} commands are already running in this sandbox; wait for one to end")));
+        }
+        Ok(ExecSlot(running.clone()))
+    }
+}
+
+impl Drop for ExecSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -95,6 +136,8 @@ pub struct ExecOutcome {
     pub timed_out: bool,
     /// Wall time in the guest.
     pub duration: Duration,
+    /// Output went past the cap and was cut (a marker was sent in its place).
+    pub output_truncated: bool,
 }
 
 impl ExecOutcome {
@@ -117,13 +160,43 @@ impl Agent {
                 return Err(SandboxError::Invalid("empty command".into()));
             }
         }
+        let _slot = ExecSlot::take(&self.running)?;
         let timeout_ms = req.timeout.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64);
-        let spec = ExecSpec { command, env: req.env, cwd: req.cwd, stdin: req.stdin.is_some(), timeout_ms };
+        let cap = req.max_output.unwrap_or(DEFAULT_MAX_OUTPUT);
+        // The agent is asked for one byte more than the cap, so that the host sees that the cap
+        // was passed; the host enforces the cap itself whatever the guest sends.
+        let spec = ExecSpec { command, env: req.env, cwd: req.cwd, stdin: req.stdin.is_some(), timeout_ms, max_output: Some(cap.saturating_add(1)) };
+        let mut left = cap;
+        let mut truncated = false;
+        let mut emit = |o: Output<'_>| {
+            let d = match o {
+                Output::Stdout(d) | Output::Stderr(d) => d,
+            };
+            if truncated {
+                return;
+            }
+            let n = d.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            left -= n as u64;
+            match o {
+                Output::Stdout(_) if n > 0 => on_output(Output::Stdout(&d[..n])),
+                Output::Stderr(_) if n > 0 => on_output(Output::Stderr(&d[..n])),
+                _ => {}
+            }
+            if n < d.len() {
+                truncated = true;
+                on_output(Output::Stderr(TRUNCATION_MARKER.as_bytes()));
+            }
+        };
         let mut replies = self.call(|id| HostMsg::Exec { id, spec }).await?;
         let id = replies.id();
-        match replies.next().await? {
-            GuestMsg::Started { .. } => {}
-            other => return Err(unexpected(other)),
+        // A guest that does not even start the command is unresponsive too.
+        let start_limit = req.timeout.map_or(START_GRACE, |t| (t + TIMEOUT_GRACE).min(START_GRACE));
+        match tokio::time::timeout(start_limit, replies.next()).await {
+            Ok(r) => match r? {
+                GuestMsg::Started { .. } => {}
+                other => return Err(unexpected(other)),
+            },
+            Err(_) => return Err(SandboxError::Unresponsive(start_limit.as_secs())),
         }
         let feeder = req.stdin.map(|mut input| {
             let ch = self.channel.clone();
@@ -152,10 +225,10 @@ impl Agent {
                 None => replies.next().await,
             };
             match next? {
-                GuestMsg::Stdout { data, .. } => on_output(Output::Stdout(&data)),
-                GuestMsg::Stderr { data, .. } => on_output(Output::Stderr(&data)),
+                GuestMsg::Stdout { data, .. } => emit(Output::Stdout(&data)),
+                GuestMsg::Stderr { data, .. } => emit(Output::Stderr(&data)),
                 GuestMsg::Exited { status, timed_out, duration_ms, .. } => {
-                    break Ok(ExecOutcome { status, timed_out, duration: Duration::from_millis(duration_ms) })
+                    break Ok(ExecOutcome { status, timed_out, duration: Duration::from_millis(duration_ms), output_truncated: truncated })
                 }
                 other => break Err(unexpected(other)),
             }
@@ -178,9 +251,18 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        let o = |status, timed_out| ExecOutcome { status, timed_out, duration: Duration::ZERO };
+        let o = |status, timed_out| ExecOutcome { status, timed_out, duration: Duration::ZERO, output_truncated: false };
         assert_eq!(o(ExitStatus::Code(3), false).exit_code(), 3);
         assert_eq!(o(ExitStatus::Signal(9), false).exit_code(), 137);
         assert_eq!(o(ExitStatus::Signal(9), true).exit_code(), 124);
+    }
+
+    #[test]
+    fn exec_slots_are_limited_and_given_back() {
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let slots: Vec<_> = (0..crate::agent::MAX_CONCURRENT_EXECS).map(|_| ExecSlot::take(&running).unwrap()).collect();
+        assert!(matches!(ExecSlot::take(&running), Err(SandboxError::Busy(_))));
+        drop(slots);
+        assert!(ExecSlot::take(&running).is_ok());
     }
 }

@@ -403,7 +403,7 @@ impl Manager {
     /// Records the outcome of a request run under a lease; a sandbox found dead is failed.
     pub async fn settle<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, ManagerError> {
         match r {
-            Err(e @ (SandboxError::Died { .. } | SandboxError::Unresponsive(_))) => {
+            Err(e @ (SandboxError::Died { .. } | SandboxError::Unresponsive(_) | SandboxError::Protocol(_))) => {
                 self.metrics.failures.inc();
                 let _ = self.finish(id, State::Failed, "failed", &e.to_string(), "kiln").await;
                 Err(e.into())

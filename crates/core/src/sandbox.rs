@@ -381,11 +381,22 @@ impl Sandbox {
                             .as_mut()
                             .and_then(Vm::exit_status)
                             .unwrap_or_else(|| "killed".into());
+                        let status = match guest_fate(&console) {
+                            Some(fate) => format!("{fate}; {status}"),
+                            None => status,
+                        };
                         return Err(SandboxError::Died { status, console });
                     }
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                Err(SandboxError::Vm(VmError::Channel(why)))
+                // The VM lives but its channel is broken: the guest sent what the host refuses.
+                // The channel cannot be trusted again, so neither can the sandbox.
+                self.kill();
+                Err(SandboxError::Protocol(format!("{why}; the sandbox was destroyed")))
+            }
+            Err(SandboxError::Protocol(why)) => {
+                self.kill();
+                Err(SandboxError::Protocol(format!("{why}; the sandbox was destroyed")))
             }
             other => other,
         }
@@ -395,7 +406,12 @@ impl Sandbox {
     pub async fn exec(&self, req: ExecRequest, on_output: impl FnMut(Output<'_>)) -> Result<ExecOutcome, SandboxError> {
         let r = self.agent.exec(req, on_output).await;
         if matches!(r, Err(SandboxError::Unresponsive(_))) {
+            // A guest that halted (or panicked without rebooting) says so on its console.
+            let console = kiln_vmm::driver::console_tail(&self.spec.run_dir.join("console.log"));
             self.kill();
+            if let Some(fate) = guest_fate(&console) {
+                return Err(SandboxError::Died { status: fate.into(), console });
+            }
         }
         self.map_err(r).await
     }
@@ -448,6 +464,19 @@ pub async fn ensure_snapshot(
         }
     }
 }
+/// What the guest kernel's last words on the console say happened to it, if anything.
+pub fn guest_fate(console: &str) -> Option<&'static str> {
+    [
+        ("Kernel panic", "the guest kernel panicked"),
+        ("reboot: System halted", "the guest halted"),
+        ("reboot: Power down", "the guest powered off"),
+        ("reboot: Restarting system", "the guest rebooted"),
+    ]
+    .iter()
+    .find(|(needle, _)| console.contains(needle))
+    .map(|(_, fate)| *fate)
+}
+
 /// Connects to a just-started VM's agent, waits for its hello, and starts a watchdog that
 /// notices when the VMM dies. On failure the VM is killed (by dropping it).
 /// What [`attach`] yields: the agent, what it said of itself, and the watchdog's "died" slot.

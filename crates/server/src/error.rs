@@ -54,6 +54,7 @@ impl From<SandboxError> for ApiError {
         use kiln_image::ImageError;
         match &e {
             SandboxError::Invalid(m) => ApiError::bad_request(m.clone()),
+            SandboxError::Busy(m) => ApiError { status: StatusCode::TOO_MANY_REQUESTS, code: "limit", message: m.clone() },
             SandboxError::Image(ImageError::UnknownTemplate { .. } | ImageError::BadTemplate { .. }) => ApiError::bad_request(e.to_string()),
             SandboxError::Guest { kind: ErrorKind::NotFound, message } => ApiError::not_found(message.clone()),
             SandboxError::Guest { kind: ErrorKind::AlreadyExists, message } => {

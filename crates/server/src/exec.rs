@@ -36,6 +36,7 @@ pub(crate) struct ExecBody {
     cwd: Option<String>,
     timeout_seconds: Option<f64>,
     stdin: Option<String>,
+    max_output_bytes: Option<u64>,
 }
 
 fn request(b: ExecBody) -> ApiResult<(ExecRequest, String)> {
@@ -55,7 +56,10 @@ fn request(b: ExecBody) -> ApiResult<(ExecRequest, String)> {
     if let Some(cwd) = &b.cwd {
         crate::error::guest_path(cwd)?;
     }
-    let mut req = ExecRequest { command: Some(command), env: b.env.into_iter().collect(), cwd: b.cwd, timeout, stdin: None };
+    if b.max_output_bytes == Some(0) {
+        return Err(ApiError::bad_request("max_output_bytes must be at least 1"));
+    }
+    let mut req = ExecRequest { command: Some(command), env: b.env.into_iter().collect(), cwd: b.cwd, timeout, stdin: None, max_output: b.max_output_bytes };
     if let Some(s) = b.stdin {
         req = req.stdin_bytes(s.into_bytes());
     }

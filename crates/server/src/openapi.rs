@@ -24,7 +24,7 @@ fn schemas() -> Value {
         "ExecRequest": { "type": "object", "properties": {
             "cmd": { "type": "string" }, "argv": { "type": "array", "items": { "type": "string" } },
             "env": { "type": "object", "additionalProperties": { "type": "string" } },
-            "cwd": { "type": "string" }, "timeout_seconds": { "type": "number" }, "stdin": { "type": "string" } } },
+            "cwd": { "type": "string" }, "timeout_seconds": { "type": "number" }, "stdin": { "type": "string" }, "max_output_bytes": { "type": "integer", "minimum": 1 } } },
         "ExecResult": { "type": "object", "properties": {
             "stdout": { "type": "string" }, "stderr": { "type": "string" }, "exit_code": { "type": "integer" },
             "timed_out": { "type": "boolean" }, "duration_ms": { "type": "integer" },
