@@ -143,6 +143,10 @@ echo evil > /work/deps.txt
 curl -sS -m 10 http://127.0.0.2:{ok_port}/ok
 curl -sS -m 10 http://127.0.0.3:{denied_port}/steal
 curl -sS -m 5 --noproxy '*' http://127.0.0.1:{loop_port}/loopback; echo "loopback rc=$?"
+curl -sS -m 5 http://localhost:{loop_port}/byname; echo "byname rc=$?"
+curl -sS -m 5 http://127.0.0.1:{loop_port}/viaproxy; echo "viaproxy rc=$?"
+curl -sS -m 5 http://169.254.169.254/latest/meta-data/; echo "metadata rc=$?"
+curl -sS -m 5 --noproxy '*' http://169.254.169.254/latest/meta-data/; echo "metadata direct rc=$?"
 (echo x > /dev/tcp/10.0.2.2/80) 2>/dev/null; echo "raw tcp rc=$?"
 nohup sleep 1000 >/dev/null 2>&1 &
 echo 'echo pwned' > /usr/bin/make
@@ -159,7 +163,8 @@ exit 0
         vec![
             "ci".into(), "run".into(), "--repo".into(), pr.path().display().to_string(),
             "--setup".into(), "echo v1 > /work/deps.txt".into(), "--cache-key".into(), key.display().to_string(),
-            "--allow".into(), format!("127.0.0.2:{ok_port}"), "--timeout".into(), "300".into(),
+            "--allow".into(), format!("127.0.0.2:{ok_port}"), "--allow".into(), format!("localhost:{loop_port}"),
+            "--timeout".into(), "300".into(),
             "--out".into(), o.display().to_string(), "--json".into(),
         ]
     };
@@ -190,6 +195,11 @@ exit 0
     assert!(log.contains("is not allowed"), "{log}");
     assert!(log.contains("raw tcp rc=1"), "{log}");
     assert!(!log.contains("loopback rc=0"), "{log}");
+    // A name that is allowed but resolves to the host's loopback, the loopback through the
+    // proxy, and the metadata service: all refused.
+    for attempt in ["byname", "viaproxy", "metadata", "metadata direct"] {
+        assert!(log.contains(&format!("{attempt} rc=")) && !log.contains(&format!("{attempt} rc=0")), "{attempt}: {log}");
+    }
     // Nothing of the secret, nor of what the build was not given, anywhere kiln wrote.
     let encoded = {
         use std::io::Write;

@@ -124,6 +124,11 @@ impl Policy {
         let mut bad = Vec::new();
         for &ip in resolved {
             let ip = canonical(ip);
+            // Never reachable, whatever the allowlist says.
+            if non_public(ip) == Some("cloud metadata") {
+                bad.push((ip, "cloud metadata"));
+                continue;
+            }
             if self.allows_literal(ip, port) {
                 continue;
             }
@@ -273,6 +278,9 @@ fn literal(ip: IpAddr, port: Option<u16>) -> Result<Entry, String> {
     if ip.is_unspecified() {
         return Err(format!("{ip} is the unspecified address; to reach this host's loopback write 127.0.0.1 or [::1]"));
     }
+    if non_public(ip) == Some("cloud metadata") {
+        return Err(format!("{ip} is the cloud metadata service, which holds the host's credentials; kiln never lets a sandbox reach it"));
+    }
     Ok(Entry { host: Pattern::Addr(ip), port })
 }
 
@@ -412,6 +420,16 @@ mod tests {
         for (host, port, resolved, want) in table {
             assert_eq!(p.decide(host, *port, &ips(resolved)) == Decision::Allow, *want, "{host}:{port} -> {resolved:?}");
         }
+    }
+
+    #[test]
+    fn the_metadata_service_is_never_allowed() {
+        for entry in ["169.254.169.254", "169.254.169.254:80", "[fd00:ec2::254]", "[::ffff:169.254.169.254]"] {
+            let e = Policy::parse(&[entry.to_string()]).unwrap_err();
+            assert!(e.to_string().contains("cloud metadata service"), "{entry}: {e}");
+        }
+        let p = policy(&["169.254.0.0", "metadata.internal"]);
+        assert!(matches!(p.decide("metadata.internal", 80, &ips(&["169.254.169.254"])), Decision::Deny(_)));
     }
 
     #[test]
