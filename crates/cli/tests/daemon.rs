@@ -14,11 +14,18 @@ struct Daemon {
 
 impl Daemon {
     fn start(th: &TestHome, extra: &[&str]) -> Daemon {
+        Self::start_with(th, extra, &[])
+    }
+
+    fn start_with(th: &TestHome, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Daemon {
         let socket = th.home.root().join("kiln.sock");
         let _ = std::fs::remove_file(&socket); // left by a daemon killed with -9
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
         c.arg("serve").arg("--socket").arg(&socket).args(extra).stdin(Stdio::null());
         for (k, v) in th.env() {
+            c.env(k, v);
+        }
+        for (k, v) in env {
             c.env(k, v);
         }
         let child = c.spawn().expect("start kiln serve");
@@ -147,6 +154,8 @@ async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
     let th = TestHome::for_daemon();
     let mut d = Daemon::start(&th, &[]);
     let s = d.client.create_sandbox(&tiny(600)).await.unwrap();
+    let daemon_pid = d.child.id();
+    assert!(!kiln_testkit::vmm_cgroups_of(daemon_pid).is_empty(), "the VMM has its cgroup");
     let client = d.client.clone();
     let id = s.id.clone();
     let exec = tokio::spawn(async move { client.exec(&id, &ExecRequest::shell("sleep 60")).await });
@@ -165,6 +174,42 @@ async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
     let store = Store::open(&th.home.root().join("kiln.db")).unwrap();
     assert!(store.live_sandboxes().unwrap().is_empty());
     assert!(store.events(Some(&s.id), 10).unwrap().iter().any(|e| e.kind == "lost"));
+    // ... and the dead daemon's VMM cgroups are removed.
+    assert_eq!(kiln_testkit::vmm_cgroups_of(daemon_pid), Vec::<std::path::PathBuf>::new());
+    drop(d);
+    th.assert_clean();
+}
+
+/// A guest whose agent breaks the protocol (garbage, an oversized frame, output without end, a
+/// frame that never completes): each time the exec fails with a clear error, the sandbox is
+/// failed and destroyed, and the daemon carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_agent_fails_its_sandbox_and_the_daemon_carries_on() {
+    // A home of its own: the hostile agent's template snapshot stays out of the shared cache.
+    let th = TestHome::isolated();
+    let hostile = kiln_image::initramfs::find_agent().unwrap().with_file_name("kiln-hostile-agent");
+    assert!(hostile.is_file(), "{} is missing: make build", hostile.display());
+    let d = Daemon::start_with(&th, &[], &[("KILN_AGENT", &hostile)]);
+    let store = Store::open(&th.home.root().join("kiln.db")).unwrap();
+    for (how, expect) in [("garbage", "bad frame"), ("oversized", "exceeds the limit"), ("endless", "stopped answering"), ("stall", "stopped answering")] {
+        let s = d.client.create_sandbox(&tiny(600)).await.unwrap();
+        assert_eq!(d.client.exec(&s.id, &ExecRequest::shell("true")).await.unwrap().exit_code, 0, "the hostile agent starts well");
+        let t = std::time::Instant::now();
+        let e = d.client.exec(&s.id, &ExecRequest::shell(how).timeout(2.0)).await.unwrap_err();
+        match &e {
+            ClientError::Api { status: 502, code, message } => {
+                assert_eq!(code, "sandbox_failed");
+                assert!(message.contains(expect) && message.contains("destroyed"), "{how}: {message}");
+            }
+            other => panic!("{how}: {other:?}"),
+        }
+        eprintln!("{how}: refused in {:?}: {e}", t.elapsed());
+        assert!(matches!(d.client.get_sandbox(&s.id).await, Err(ClientError::Api { status: 404, .. })));
+        assert!(store.events(Some(&s.id), 10).unwrap().iter().any(|e| e.kind == "failed"), "{how}: not marked failed");
+        assert!(wait_until(Duration::from_secs(5), || th.vmm_processes().is_empty()), "{how}: VMM left running");
+    }
+    // The daemon is still up and serving.
+    assert!(d.client.list_sandboxes().await.unwrap().is_empty());
     drop(d);
     th.assert_clean();
 }

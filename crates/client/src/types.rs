@@ -70,6 +70,9 @@ pub struct ExecRequest {
     /// Stdin text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Output cap (stdout and stderr together); the daemon's default when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
 }
 
 impl ExecRequest {
