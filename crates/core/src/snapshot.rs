@@ -353,7 +353,21 @@ pub async fn bake(
     let _ = std::fs::remove_file(&tmp_mem);
     std::fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
     std::fs::create_dir_all(home.shm()).map_err(io(format!("create {}", home.shm().display())))?;
-    let result = bake_into(home, artifacts, expected, &tmp, &tmp_mem, boot_timeout).await;
+    let need = u64::from(expected.memory_mib) << 20;
+    if let Some(free) = free_bytes(home.shm()).filter(|f| *f < need) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(SandboxError::Io {
+            what: format!(
+                "not enough space to bake a snapshot of template {}: its RAM file needs {} MiB in {} and only {} MiB are free; free some, or set KILN_SHM_DIR to a larger tmpfs",
+                expected.template,
+                need >> 20,
+                home.shm().display(),
+                free >> 20
+            ),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+    }
+    let result = bake_into(home, artifacts, expected, &tmp, &tmp_mem, boot_timeout).await.map_err(|e| disk_full(home, &expected.template, e));
     let meta = match result {
         Ok(mut meta) => {
             meta.bake_ms = t0.elapsed().as_millis() as u64;
@@ -390,6 +404,35 @@ pub async fn bake(
     prune(home, expected);
     progress(&format!("snapshot {} baked in {:.1}s", expected.dir_name(), t0.elapsed().as_secs_f64()));
     Ok(Snapshot { dir: final_dir, memory: final_mem, meta: record.meta })
+}
+
+/// Free bytes for an unprivileged writer in the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// A bake that failed while a folder it writes to is (nearly) full failed because of that:
+/// say so, with the free space, instead of QEMU's or the guest's view of it.
+fn disk_full(home: &Home, template: &str, e: SandboxError) -> SandboxError {
+    const NEARLY_FULL: u64 = 4 << 20;
+    let full: Vec<String> = [home.snapshots(), home.shm().to_path_buf()]
+        .iter()
+        .filter_map(|d| free_bytes(d).filter(|f| *f < NEARLY_FULL).map(|f| format!("{} ({} KiB free)", d.display(), f >> 10)))
+        .collect();
+    if full.is_empty() {
+        return e;
+    }
+    SandboxError::Io {
+        what: format!("baking a snapshot of template {template} failed: the disk is full: {}; nothing was kept (cause: {e})", full.join(", ")),
+        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+    }
 }
 
 /// Removes older snapshots of the same template and machine shape (made from other artifacts

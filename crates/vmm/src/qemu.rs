@@ -84,7 +84,7 @@ impl Qemu {
         push(&["-chardev", &format!("socket,id=net,path={},server=on,wait=off", run("net.sock"))]);
         push(&["-device", &format!("virtserialport,chardev=net,name={}", kiln_proto::tunnel::NET_PORT)]);
         if let Some(disk) = &spec.disk {
-            push(&["-drive", &format!("file={},if=none,id=d0,format=qcow2,cache=unsafe,discard=unmap", disk.display())]);
+            push(&["-drive", &format!("file={},if=none,id=d0,format=qcow2,cache=unsafe,discard=unmap,werror=report,rerror=report", disk.display())]);
             push(&["-device", "virtio-blk-device,drive=d0"]);
         }
         push(&["-qmp", &format!("unix:{},server=on,wait=off", run("qmp.sock"))]);
@@ -283,6 +283,7 @@ mod tests {
         assert!(a.contains("virtserialport,chardev=ctl,name=kiln "), "{a}");
         assert!(a.contains("virtserialport,chardev=net,name=kiln.net"), "{a}");
         assert!(a.contains("file=/r/overlay.qcow2,if=none,id=d0,format=qcow2"), "{a}");
+        assert!(a.contains("werror=report,rerror=report"), "a full disk is an I/O error in the guest, not a paused VM: {a}");
         assert!(!a.contains("-incoming"), "{a}");
         let mut s = spec();
         s.memory = Memory::File { path: "/dev/shm/x".into(), shared: false };
