@@ -1,4 +1,4 @@
-//! `kiln bench create|fork|exec`: each measurement beside a baseline taken in the same run.
+//! `kiln bench create|fork|exec|load`: each measurement beside a baseline taken in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ pub enum BenchCmd {
     Fork(ForkArgs),
     /// Exec round trip of `true` in a running sandbox vs spawning `true` on the host.
     Exec(ExecArgs),
+    /// N sandboxes under exec and file load: throughput, latency vs one alone, memory, leaks.
+    Load(crate::cmd_bench_load::LoadArgs),
 }
 
 /// Options shared by the benchmarks.
@@ -26,10 +28,10 @@ pub enum BenchCmd {
 pub struct Common {
     /// Template to measure.
     #[arg(long, default_value = "tiny")]
-    template: String,
+    pub(crate) template: String,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `kiln bench create`.
@@ -66,7 +68,7 @@ pub struct ExecArgs {
 }
 
 /// Nearest-rank percentile of sorted milliseconds.
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -74,20 +76,20 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-fn summary(mut ms: Vec<f64>) -> serde_json::Value {
+pub(crate) fn summary(mut ms: Vec<f64>) -> serde_json::Value {
     ms.sort_by(|a, b| a.total_cmp(b));
     json!({ "n": ms.len(), "p50_ms": pct(&ms, 50.0), "p90_ms": pct(&ms, 90.0), "p99_ms": pct(&ms, 99.0), "min_ms": ms.first(), "max_ms": ms.last() })
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn opts(template: &str) -> SandboxOptions {
+pub(crate) fn opts(template: &str) -> SandboxOptions {
     SandboxOptions { template: template.into(), ..SandboxOptions::default() }
 }
 
-fn progress(m: &str) {
+pub(crate) fn progress(m: &str) {
     eprintln!("kiln: {m}");
 }
 
@@ -98,6 +100,7 @@ pub async fn run(cmd: BenchCmd) -> i32 {
         BenchCmd::Create(a) => (a.common.json, create(&home, &a).await),
         BenchCmd::Fork(a) => (a.common.json, fork(&home, &a).await),
         BenchCmd::Exec(a) => (a.common.json, exec(&home, &a).await),
+        BenchCmd::Load(a) => return crate::cmd_bench_load::run(&home, &a).await,
     };
     match result {
         Ok(v) => {
@@ -112,7 +115,7 @@ pub async fn run(cmd: BenchCmd) -> i32 {
     }
 }
 
-fn print_table(v: &serde_json::Value) {
+pub(crate) fn print_table(v: &serde_json::Value) {
     println!("{}", v["title"].as_str().unwrap_or(""));
     if let Some(rows) = v["rows"].as_array() {
         println!("  {:<34} {:>6} {:>10} {:>10} {:>10}", "", "n", "p50", "p90", "p99");

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd_bench;
+mod cmd_bench_load;
 mod cmd_ci;
 mod cmd_doctor;
 mod cmd_gitlab;
@@ -71,7 +72,7 @@ enum Cmd {
     /// Manage bearer tokens for the daemon's TCP listener.
     #[command(subcommand)]
     Token(cmd_token::TokenCmd),
-    /// Measure create, fork and exec against baselines taken in the same run.
+    /// Measure create, fork, exec and load against baselines taken in the same run.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCmd),
 }
