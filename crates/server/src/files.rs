@@ -49,7 +49,7 @@ fn mode(q: &PathQuery, default: u32) -> ApiResult<u32> {
 pub async fn read(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Response> {
     let path = guest_path(&q.path)?;
     let lease = st.manager.lease(&id).await?;
-    let stat = st.manager.settle(&id, lease.agent().stat(&path).await).await?;
+    let stat = st.manager.settle(&id, lease.map_err(lease.agent().stat(&path).await).await).await?;
     if stat.kind != FileKind::File {
         return Err(ApiError::bad_request(format!("{path} is a {}, not a file", kind(stat.kind))));
     }
@@ -74,7 +74,7 @@ pub async fn write(State(st): State<AppState>, Path(id): Path<String>, Query(q):
     let lease = st.manager.lease(&id).await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
-    let r = lease.agent().write_file(&path, mode, true, reader).await;
+    let r = lease.map_err(lease.agent().write_file(&path, mode, true, reader).await).await;
     drop(lease);
     st.manager.settle(&id, r).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -84,7 +84,7 @@ pub async fn write(State(st): State<AppState>, Path(id): Path<String>, Query(q):
 pub async fn remove(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<StatusCode> {
     let path = guest_path(&q.path)?;
     let lease = st.manager.lease(&id).await?;
-    let r = lease.agent().remove(&path, q.recursive.unwrap_or(false)).await;
+    let r = lease.map_err(lease.agent().remove(&path, q.recursive.unwrap_or(false)).await).await;
     drop(lease);
     st.manager.settle(&id, r).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -94,7 +94,7 @@ pub async fn remove(State(st): State<AppState>, Path(id): Path<String>, Query(q)
 pub async fn list(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<Value>>> {
     let path = guest_path(&q.path)?;
     let lease = st.manager.lease(&id).await?;
-    let r = lease.agent().list(&path, MAX_LIST).await;
+    let r = lease.map_err(lease.agent().list(&path, MAX_LIST).await).await;
     drop(lease);
     let entries = st.manager.settle(&id, r).await?;
     Ok(Json(entries.iter().map(stat_json).collect()))
@@ -104,7 +104,7 @@ pub async fn list(State(st): State<AppState>, Path(id): Path<String>, Query(q): 
 pub async fn stat(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Value>> {
     let path = guest_path(&q.path)?;
     let lease = st.manager.lease(&id).await?;
-    let r = lease.agent().stat(&path).await;
+    let r = lease.map_err(lease.agent().stat(&path).await).await;
     drop(lease);
     Ok(Json(stat_json(&st.manager.settle(&id, r).await?)))
 }
@@ -114,7 +114,7 @@ pub async fn mkdir(State(st): State<AppState>, Path(id): Path<String>, Query(q):
     let path = guest_path(&q.path)?;
     let mode = mode(&q, 0o755)?;
     let lease = st.manager.lease(&id).await?;
-    let r = lease.agent().mkdir(&path, mode, true).await;
+    let r = lease.map_err(lease.agent().mkdir(&path, mode, true).await).await;
     drop(lease);
     st.manager.settle(&id, r).await?;
     Ok(StatusCode::NO_CONTENT)
