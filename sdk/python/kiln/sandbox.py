@@ -36,6 +36,7 @@ def exec_request(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     stdin: str | bytes | None = None,
+    max_output_bytes: int | None = None,
 ) -> dict[str, Any]:
     """The JSON body of an exec request: a ``str`` is a shell command (``cmd``, run with
     ``/bin/sh -c``), a sequence an argument vector (``argv``)."""
@@ -55,6 +56,10 @@ def exec_request(
         body["cwd"] = cwd
     if timeout_seconds is not None:
         body["timeout_seconds"] = _number(timeout_seconds)
+    if max_output_bytes is not None:
+        if isinstance(max_output_bytes, bool) or not isinstance(max_output_bytes, int) or max_output_bytes < 1:
+            raise ValueError(f"max_output_bytes must be a positive int, not {max_output_bytes!r}")
+        body["max_output_bytes"] = max_output_bytes
     if stdin is not None:
         if isinstance(stdin, (bytes, bytearray)):
             try:
@@ -158,6 +163,7 @@ class Sandbox:
         stdin: str | bytes | None = None,
         on_stdout: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
+        max_output_bytes: int | None = None,
     ) -> ExecResult:
         """Runs a command and waits for it to end.
 
@@ -165,9 +171,10 @@ class Sandbox:
         is a hard limit: the command and every process it started are killed, and the result
         has ``timed_out`` and exit code 124. With ``on_stdout`` or ``on_stderr``, output is
         streamed and each callback gets text as it arrives (the result holds all of it too).
-        Raises SandboxFailedError if the sandbox dies meanwhile.
+        Output past ``max_output_bytes`` (default 256 MiB) is dropped and a marker line is
+        added to stderr. Raises SandboxFailedError if the sandbox dies meanwhile.
         """
-        body = exec_request(cmd, timeout_seconds, env, cwd, stdin)
+        body = exec_request(cmd, timeout_seconds, env, cwd, stdin, max_output_bytes)
         http_timeout = None if timeout_seconds is None else float(timeout_seconds) + EXEC_TIMEOUT_MARGIN
         if on_stdout is None and on_stderr is None:
             answer = self.client.request_json("POST", self._path + "/exec", json_body=body, timeout=http_timeout)

@@ -178,6 +178,14 @@ def test_exec_rejects_empty_argv_and_non_utf8_stdin(fake: FakeDaemon) -> None:
             sbx.exec([])
         with pytest.raises(ValueError, match="UTF-8"):
             sbx.exec("cat", stdin=b"\xff")
+        with pytest.raises(ValueError, match="max_output_bytes"):
+            sbx.exec("true", max_output_bytes=0)
+
+
+def test_exec_sends_the_output_cap(fake: FakeDaemon) -> None:
+    with Sandbox.create(template="tiny") as sbx:
+        sbx.exec("true", max_output_bytes=4096)
+        assert last(fake, "POST", "/exec") == {"cmd": "true", "max_output_bytes": 4096}
 
 
 def test_exec_stream_calls_back_and_accumulates(fake: FakeDaemon) -> None:
