@@ -9,6 +9,9 @@ use kiln_vmm::AgentChannel;
 
 use crate::error::SandboxError;
 
+/// How long a hello waits for its answer before it is sent again.
+const HELLO_RESEND: Duration = Duration::from_secs(5);
+
 /// Commands that may run at once in one sandbox; more are refused (429 through the API).
 pub const MAX_CONCURRENT_EXECS: usize = 64;
 
@@ -66,7 +69,16 @@ impl Agent {
     /// Says hello; the first reply of a booted or restored guest.
     pub async fn hello(&self) -> Result<AgentInfo, SandboxError> {
         let mut r = self.call(|id| HostMsg::Hello { id, version: PROTOCOL_VERSION }).await?;
-        match r.next().await? {
+        let id = r.id();
+        let reply = loop {
+            // A hello that crossed the guest reopening its port (right after a restore) may
+            // be lost; ask again with the same id (an extra answer is ignored).
+            match tokio::time::timeout(HELLO_RESEND, r.next()).await {
+                Ok(reply) => break reply?,
+                Err(_) => self.channel.send(&HostMsg::Hello { id, version: PROTOCOL_VERSION }).await?,
+            }
+        };
+        match reply {
             GuestMsg::HelloAck { version, agent, kernel, .. } if version == PROTOCOL_VERSION => Ok(AgentInfo { agent, kernel }),
             GuestMsg::HelloAck { version, .. } => {
                 Err(SandboxError::Protocol(format!("agent speaks protocol {version}, kiln speaks {PROTOCOL_VERSION}; rebuild the template")))
