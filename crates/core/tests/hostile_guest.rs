@@ -194,6 +194,7 @@ async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
     let exec = run(&sbx, ExecRequest::shell("echo started; sleep 60"));
     let (killed_at, (out, _, r)) = tokio::join!(killer, exec);
     let waited = killed_at.elapsed();
+    eprintln!("VMM killed mid-exec: the caller had its error {waited:?} after the kill");
     assert_eq!(out, "started\n");
     let e = r.unwrap_err();
     assert!(matches!(e, SandboxError::Died { .. }), "{e:?}");
