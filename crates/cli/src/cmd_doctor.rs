@@ -66,7 +66,11 @@ pub async fn run(a: DoctorArgs) -> i32 {
         Some(khz) => r.ok("tsc", format!("{khz} kHz (lpj and tsc_early_khz derived from it)")),
         None => r.warn("tsc", "unknown; guests calibrate their delay loop (may hang under TCG); set KILN_TSC_KHZ"),
     }
+    let confined = matches!(kiln_vmm::confine::Policy::from_env(), Ok(kiln_vmm::confine::Policy::Required));
     match kiln_vmm::accel::kvm_device_usable() {
+        Ok(()) if confined && kiln_vmm::confine::kvm_reachable_when_confined().is_err() => {
+            r.warn("/dev/kvm", kiln_vmm::confine::kvm_reachable_when_confined().unwrap_err())
+        }
         Ok(()) => r.ok("/dev/kvm", "opens read-write (whether guests boot on it is probed by `auto`)"),
         Err(e) => r.warn("/dev/kvm", format!("{e}; guests run under TCG (slow)")),
     }

@@ -84,6 +84,29 @@ pub fn for_launch() -> Result<Option<Arc<Confinement>>, String> {
     }
 }
 
+/// The group a confined VMM joins to open `/dev/kvm`: the device's group when it may read and
+/// write it, and it is not root's (joining group 0 would open far more than the device).
+pub fn kvm_group() -> Option<u32> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata("/dev/kvm").ok()?;
+    (m.gid() != 0 && m.permissions().mode() & 0o060 == 0o060).then_some(m.gid())
+}
+
+/// Whether a confined VMM can open `/dev/kvm`; `Err` says why not.
+pub fn kvm_reachable_when_confined() -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata("/dev/kvm").map_err(|e| format!("/dev/kvm: {e}"))?;
+    if m.permissions().mode() & 0o006 == 0o006 || kvm_group().is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "/dev/kvm is {:o} {}:{}, so a VMM under its own uid cannot open it; make it 0660 with a group of its own (udev's `kvm` group does that), or VMs run under TCG",
+        m.permissions().mode() & 0o777,
+        m.uid(),
+        m.gid()
+    ))
+}
+
 fn namespaces_work() -> Result<(), String> {
     let mut c = Command::new("/bin/true");
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -191,7 +214,13 @@ impl Confinement {
         std::fs::create_dir(&root).map_err(fail(format!("create {}", root.display())))?;
 
         let (binds, symlinks) = JailPlan::system(spec.accel == Accel::Kvm);
-        let mut plan = JailPlan { uid, gid, root, binds, symlinks, cgroup_procs: Vec::new(), max_file_bytes: FILE_SLACK, cwd: run.clone() };
+        // /dev/kvm is usually 0660 root:kvm: the VMM joins its group (and gets nothing else).
+        let groups = if spec.accel == Accel::Kvm {
+            kvm_group().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        let mut plan = JailPlan { uid, gid, groups, root, binds, symlinks, cgroup_procs: Vec::new(), max_file_bytes: FILE_SLACK, cwd: run.clone() };
         let bad = |e: String| VmError::Confine(e);
         plan.add(run, true, true).map_err(bad)?;
         plan.add(&spec.kernel, false, false).map_err(bad)?;

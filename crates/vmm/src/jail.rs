@@ -32,6 +32,8 @@ pub struct JailPlan {
     pub uid: u32,
     /// The VMM's group.
     pub gid: u32,
+    /// Supplementary groups (the group of `/dev/kvm` under KVM).
+    pub groups: Vec<u32>,
     /// An empty folder the jail's root is mounted on (in the child's namespace only).
     pub root: PathBuf,
     /// What is visible, in mount order.
@@ -165,6 +167,7 @@ impl JailPlan {
             cwd: c(&self.cwd)?,
             uid: self.uid,
             gid: self.gid,
+            groups: std::iter::once(self.gid).chain(self.groups.iter().copied()).collect(),
             max_file_bytes: self.max_file_bytes,
         })
     }
@@ -188,6 +191,8 @@ pub struct Prepared {
     cwd: CString,
     uid: u32,
     gid: u32,
+    /// `gid` first, then the supplementary groups.
+    groups: Vec<libc::gid_t>,
     max_file_bytes: u64,
 }
 
@@ -270,7 +275,7 @@ impl Prepared {
             check(setrlimit(RLIMIT_FSIZE, &lim), b"setrlimit")?;
             // Past the limit writes fail with EFBIG instead of killing the VMM.
             signal(SIGXFSZ, SIG_IGN);
-            check(setgroups(1, &self.gid), b"setgroups")?;
+            check(setgroups(self.groups.len(), self.groups.as_ptr()), b"setgroups")?;
             check(setresgid(self.gid, self.gid, self.gid), b"setresgid")?;
             // Leaving uid 0 clears the permitted, effective and ambient capabilities.
             check(setresuid(self.uid, self.uid, self.uid), b"setresuid")?;
@@ -288,6 +293,7 @@ mod tests {
         JailPlan {
             uid: 1000,
             gid: 1000,
+            groups: Vec::new(),
             root: "/run/k/sbx/.jail".into(),
             binds: vec![Bind { path: "/usr".into(), writable: false, dir: true }, Bind { path: "/run/k/sbx".into(), writable: true, dir: true }],
             symlinks: vec![("/lib".into(), "usr/lib".into())],
