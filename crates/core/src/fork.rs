@@ -211,7 +211,7 @@ impl Sandbox {
             if from != &to {
                 std::fs::hard_link(from, &to).map_err(io(format!("link {} into the fork", from.display())))?;
             }
-            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o444)).map_err(io(format!("freeze {}", to.display())))?;
+            crate::snapshot::freeze(&to).map_err(io(format!("freeze {}", to.display())))?;
         }
         // 3. The parent's old VMM ends; its run folder is recreated for the restarted one, which
         //    runs on a copy of the frozen RAM (made while the clones start) so it stays forkable.

@@ -242,6 +242,15 @@ pub fn load(dir: &Path, memory: &Path, expected: &Expected) -> Result<Snapshot, 
         };
         let path = file_path(dir, memory, name);
         let fp = fingerprint(&path).ok_or_else(|| Unusable::Invalid(format!("{name} is missing")))?;
+        // Frozen files are root's (see `freeze`); one that still belongs to the uid of the VMM
+        // that made it could have been changed by a later VMM given that uid again. (The RAM
+        // file is given to the VMMs' group at each start, by design.)
+        if name != "memory" && running_as_root() {
+            let owner = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+            if owner != 0 {
+                return Err(Unusable::Invalid(format!("{name} belongs to uid {owner}, not root")));
+            }
+        }
         if fp.0 != *size {
             return Err(Unusable::Invalid(format!("{name} is {} bytes, expected {size} (truncated?)", fp.0)));
         }
@@ -406,6 +415,20 @@ pub async fn bake(
     Ok(Snapshot { dir: final_dir, memory: final_mem, meta: record.meta })
 }
 
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes a file that clones will share read-only and root's: while a VM ran, it belonged to
+/// that VM's uid, which a later VMM may be given again.
+pub(crate) fn freeze(path: &Path) -> std::io::Result<()> {
+    if running_as_root() {
+        std::os::unix::fs::chown(path, Some(0), Some(0))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+}
+
 /// Free bytes for an unprivileged writer in the file system holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
@@ -496,7 +519,7 @@ async fn bake_into(
     let mut files = Vec::new();
     for name in FILES {
         let p = file_path(dir, &memory, name);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).map_err(io(format!("freeze {}", p.display())))?;
+        freeze(&p).map_err(io(format!("freeze {}", p.display())))?;
         let size = std::fs::metadata(&p).map_err(io(format!("stat {}", p.display())))?.len();
         files.push((name.to_owned(), Digest::of_file(&p)?, size));
     }

@@ -72,6 +72,10 @@ async fn the_vmm_runs_confined() {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let fsize = limits.lines().find(|l| l.starts_with("Max file size")).unwrap().to_owned();
     assert!(fsize.contains(&((64u64 << 20) + kiln_vmm::confine::FILE_SLACK).to_string()), "{fsize}");
+    // The snapshot it was restored from is root's, not a (reusable) VMM uid's.
+    let kiln_core::sandbox::CreateMode::Restored(snap) = sbx.mode() else { panic!("not restored") };
+    let meta = std::fs::metadata(th.home.snapshots().join(snap).join("disk.qcow2")).unwrap();
+    assert_eq!((std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::mode(&meta) & 0o777), (0, 0o444));
     sbx.destroy();
     assert!(mine.iter().all(|d| !d.exists()), "cgroup left behind: {mine:?}");
     th.assert_clean();
