@@ -10,7 +10,7 @@ use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver};
 use kiln_image::Home;
 use serde::{Deserialize, Serialize};
 
-use crate::{CellFacts, CiConfig, Egress};
+use crate::{CiConfig, Egress};
 
 /// The egress proxy for a run: one policy and log for all its VMs.
 pub struct ProxyEgress {
@@ -61,23 +61,8 @@ impl Egress for ProxyEgress {
 /// Signs each cell's provenance with the host key in `$KILN_HOME/keys`.
 pub fn host_signer(home: &Home) -> crate::Signer {
     let store = kiln_provenance::KeyStore::in_home(home.root());
-    Arc::new(move |f: &CellFacts, dir: &std::path::Path| {
-        let facts = kiln_provenance::BuildFacts {
-            repo: f.repo.clone(),
-            git_ref: f.git_ref.clone(),
-            commit: f.commit.clone(),
-            build: f.build.clone(),
-            setup: f.setup.clone(),
-            matrix: f.matrix.clone(),
-            template: f.template.clone(),
-            template_digest: f.template_digest.clone(),
-            snapshot_digest: Some(f.snapshot.clone()),
-            builder_id: format!("https://kiln.dev/builder/{}", hostname()),
-            invocation_id: f.invocation.clone(),
-            started: f.started,
-            finished: f.finished,
-            artifacts: f.artifacts.clone(),
-        };
+    Arc::new(move |f: &kiln_provenance::BuildFacts, dir: &std::path::Path| {
+        let facts = kiln_provenance::BuildFacts { builder_id: format!("https://kiln.dev/builder/{}", hostname()), ..f.clone() };
         let json = kiln_provenance::provenance_for_run(&facts, &store).map_err(|e| e.to_string())?;
         let path = dir.join("provenance.intoto.json");
         std::fs::write(&path, json).map_err(|e| e.to_string())?;

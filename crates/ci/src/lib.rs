@@ -12,7 +12,7 @@ pub mod mask;
 pub mod run;
 pub mod source;
 
-pub use run::{run, CellFacts, CiConfig, Egress, Report, Signer, Sink};
+pub use run::{run, CiConfig, Egress, Report, Signer, Sink};
 
 /// Why a CI run could not be carried out (kiln's failure, not the build's).
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kiln_core::sandbox::{ensure_snapshot, qemu_version};
 use kiln_core::snapshot::Expected;
+use kiln_provenance::BuildFacts;
 use kiln_core::{ExecRequest, Output, Sandbox, SandboxError, SandboxOptions};
 use kiln_image::Home;
 use serde::Serialize;
@@ -61,39 +62,9 @@ pub trait Egress: Send + Sync {
     fn report(&self) -> serde_json::Value;
 }
 
-/// Facts about one cell's build, for its provenance.
-#[derive(Debug, Clone)]
-pub struct CellFacts {
-    /// The run's config.
-    pub repo: String,
-    /// The ref.
-    pub git_ref: String,
-    /// The commit built.
-    pub commit: String,
-    /// Build command.
-    pub build: String,
-    /// Setup command.
-    pub setup: Option<String>,
-    /// The cell's matrix values.
-    pub matrix: BTreeMap<String, String>,
-    /// Template name.
-    pub template: String,
-    /// Template rootfs digest.
-    pub template_digest: String,
-    /// Snapshot name (its key digest).
-    pub snapshot: String,
-    /// Invocation id.
-    pub invocation: String,
-    /// Start.
-    pub started: SystemTime,
-    /// End.
-    pub finished: SystemTime,
-    /// (path, sha256) of each artifact.
-    pub artifacts: Vec<(String, String)>,
-}
-
 /// Writes a signed provenance file for a cell, returns its path.
-pub type Signer = Arc<dyn Fn(&CellFacts, &Path) -> Result<PathBuf, String> + Send + Sync>;
+/// (`builder_id` is the signer's to fill.)
+pub type Signer = Arc<dyn Fn(&BuildFacts, &Path) -> Result<PathBuf, String> + Send + Sync>;
 
 /// Where the output of the build goes as it happens (cell label, masked bytes, is-stderr).
 pub type Sink = Arc<dyn Fn(&str, &[u8], bool) + Send + Sync>;
@@ -378,11 +349,11 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         let masker = masker.clone();
         let sink = sink.clone();
         let sign = sign.clone();
-        let facts_base = CellFacts {
+        let facts_base = BuildFacts {
             repo: cfg.repo.clone(), git_ref: cfg.git_ref.clone(), commit: commit.clone(), build: cfg.build.clone(),
             setup: cfg.setup.clone(), matrix: cell.clone(), template: cfg.template.clone(),
-            template_digest: artifacts_boot.template.rootfs.hex().to_owned(), snapshot: snapshot_for_facts.clone(),
-            invocation: invocation.clone(), started, finished: started, artifacts: vec![],
+            template_digest: artifacts_boot.template.rootfs.hex().to_owned(), snapshot_digest: Some(snapshot_for_facts.clone()),
+            builder_id: String::new(), invocation_id: invocation.clone(), started, finished: started, artifacts: vec![],
         };
         let label = if all_cells.len() == 1 { String::new() } else { name.clone() };
         let workdir = workdir.to_owned();
