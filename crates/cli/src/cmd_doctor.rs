@@ -1,6 +1,7 @@
 //! `kiln doctor`: checks the host and says what to fix.
 
 use clap::Args;
+use kiln_core::snapshot::free_bytes;
 use kiln_image::Home;
 use kiln_vmm::{AccelChoice, Qemu};
 
@@ -27,11 +28,6 @@ impl Report {
         self.failed = true;
         println!("  FAIL  {what:<14} {detail}");
     }
-}
-
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
 }
 
 fn tool(r: &mut Report, name: &str, pkg: &str) {

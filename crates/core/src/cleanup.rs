@@ -13,10 +13,7 @@ pub fn make_owned_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("owner.pid"), format!("{}\n", std::process::id()))
 }
 
-/// Whether a process with this pid exists.
-pub fn pid_alive(pid: u32) -> bool {
-    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
-}
+pub use kiln_vmm::spawn::pid_alive;
 
 fn owner_alive(dir: &Path) -> bool {
     match std::fs::read_to_string(dir.join("owner.pid")) {

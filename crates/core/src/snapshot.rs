@@ -265,7 +265,7 @@ pub fn load(dir: &Path, memory: &Path, expected: &Expected) -> Result<Snapshot, 
     }
     // The disk's backing file is named by path inside the qcow2: it must still be there, and
     // be the rootfs image this snapshot was made from (a wrong disk corrupts silently).
-    match qcow2_backing(&dir.join("disk.qcow2")) {
+    match kiln_vmm::qcow2::header(&dir.join("disk.qcow2")).ok().flatten().and_then(|h| h.backing) {
         Some(b) if !b.is_file() => return Err(Unusable::Invalid(format!("disk.qcow2's backing file {} is gone", b.display()))),
         Some(b) if b.file_name().and_then(|n| n.to_str()) != Some(expected.rootfs.hex()) => {
             return Err(Unusable::Invalid(format!("disk.qcow2 rests on {}, not on rootfs {}", b.display(), expected.rootfs)))
@@ -283,26 +283,6 @@ pub fn load(dir: &Path, memory: &Path, expected: &Expected) -> Result<Snapshot, 
 pub fn meta_checksum(meta: &SnapshotMeta) -> Digest {
     let value = serde_json::to_value(meta).expect("json");
     Digest::of_bytes(&serde_json::to_vec(&value).expect("json"))
-}
-
-/// The backing file a qcow2 image names in its header, if any.
-pub fn qcow2_backing(path: &Path) -> Option<PathBuf> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = [0u8; 20];
-    f.read_exact(&mut h).ok()?;
-    if &h[..4] != b"QFI\xfb" {
-        return None;
-    }
-    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
-    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
-    if off == 0 || len == 0 || len > 4096 {
-        return None;
-    }
-    f.seek(SeekFrom::Start(off)).ok()?;
-    let mut name = vec![0u8; len];
-    f.read_exact(&mut name).ok()?;
-    Some(PathBuf::from(String::from_utf8(name).ok()?))
 }
 
 /// Finds the snapshot for `expected`.
@@ -603,8 +583,9 @@ mod tests {
         std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
         let overlay = t.path().join("o.qcow2");
         create_overlay(&t.path().join("link/base.img"), "raw", &overlay).unwrap();
-        assert_eq!(qcow2_backing(&overlay).unwrap(), std::fs::canonicalize(real.join("base.img")).unwrap());
-        assert_eq!(qcow2_backing(&real.join("base.img")), None);
+        let backing = |p: &Path| kiln_vmm::qcow2::header(p).unwrap().and_then(|h| h.backing);
+        assert_eq!(backing(&overlay).unwrap(), std::fs::canonicalize(real.join("base.img")).unwrap());
+        assert_eq!(backing(&real.join("base.img")), None);
     }
 
     #[test]

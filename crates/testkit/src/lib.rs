@@ -163,12 +163,9 @@ pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
 /// exist. Reads the cgroup file system directly: unlike `kiln_vmm::confine::host()`, it does
 /// not sweep the groups of dead processes, which would hide a leak.
 pub fn vmm_cgroups_of(pid: u32) -> Vec<PathBuf> {
-    use kiln_vmm::cgroup::Layout;
     let ops = kiln_vmm::hostops::RealHost;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let prefix = format!("vmm-{pid}-");
-    match Layout::detect(&ops, &mountinfo, &own) {
+    match kiln_vmm::confine::detect_layout(&ops) {
         Ok(l) => l.list(&ops).into_iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))).collect(),
         Err(_) => Vec::new(),
     }
