@@ -83,6 +83,10 @@ impl ForkBase {
         link(&self.dir.join("state"), &dir.join("state"))?;
         link(&self.dir.join("disk.qcow2"), &dir.join("disk.qcow2"))?;
         link(&self.memory, memory)?;
+        // Copies (across file systems) are frozen like the originals; links already are.
+        for f in [dir.join("state"), dir.join("disk.qcow2"), memory.to_owned()] {
+            crate::snapshot::freeze(&f)?;
+        }
         let spec = CheckpointSpec { cmdline: like.cmdline.clone(), cpus: like.cpus, memory_mib: like.memory_mib };
         std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("json"))
     }

@@ -212,3 +212,31 @@ async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
     drop(sbx);
     th.assert_clean();
 }
+
+/// A VMM that got out of its guest could rewrite its overlay's header before the overlay is
+/// frozen for a fork, naming any file as its backing file. The clones' jail must not show it.
+#[test]
+fn a_disk_chain_naming_a_non_image_file_is_refused() {
+    use kiln_vmm::driver::{Memory, VmSpec};
+    let d = tempfile::tempdir().unwrap();
+    let secret = d.path().join("signing.key");
+    std::fs::write(&secret, vec![7u8; 4096]).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let run = d.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    kiln_core::snapshot::create_overlay(&secret, "raw", &run.join("overlay.qcow2")).unwrap();
+    let spec = VmSpec {
+        kernel: "/k".into(),
+        initrd: "/i".into(),
+        cmdline: String::new(),
+        cpus: 1,
+        memory_mib: 64,
+        accel: kiln_vmm::Accel::Tcg,
+        disk: Some(run.join("overlay.qcow2")),
+        run_dir: run.clone(),
+        memory: Memory::Anonymous,
+        incoming: false,
+    };
+    let e = kiln_vmm::confine::host().expect("confinement").jail(&spec).unwrap_err().to_string();
+    assert!(e.contains("signing.key") && e.contains("not a frozen image") && e.contains("refusing"), "{e}");
+}

@@ -107,6 +107,32 @@ pub fn kvm_reachable_when_confined() -> Result<(), String> {
     ))
 }
 
+/// Checks that a backing file is a frozen kiln image (a regular file, root's, read-only for
+/// everyone). A qcow2 header names its backing file, and a VMM that got out of its guest could
+/// rewrite its own overlay's header before that overlay is frozen for a fork: without this, the
+/// clones' jail would bind whatever file it named (kiln's signing key, say).
+fn frozen_image(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !m.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me || m.mode() & 0o222 != 0 {
+        return Err(format!("owned by uid {} with mode {:o}, not a frozen image (uid {me}, read-only)", m.uid(), m.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// Where this host's cgroup controllers are, for this process (reads the mount table and
+/// `/proc/self/cgroup`; creates and removes nothing).
+pub fn detect_layout(ops: &dyn HostOps) -> Result<Layout, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    Layout::detect(ops, &mountinfo, &own)
+}
+
 fn namespaces_work() -> Result<(), String> {
     let mut c = Command::new("/bin/true");
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -151,9 +177,7 @@ impl Confinement {
         if let Err(e) = qemu_has_seccomp(&binary) {
             problems.push(e);
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let layout = match Layout::detect(ops.as_ref(), &mountinfo, &own) {
+        let layout = match detect_layout(ops.as_ref()) {
             Ok(l) => match l.prepare(ops.as_ref()) {
                 Ok(()) => Some(l),
                 Err(e) => {
@@ -230,6 +254,7 @@ impl Confinement {
             let header = crate::qcow2::header(disk).map_err(fail(format!("read {}", disk.display())))?;
             plan.max_file_bytes = header.map(|h| h.virtual_size).unwrap_or(0).saturating_add(FILE_SLACK);
             for b in crate::qcow2::backing_chain(disk).map_err(fail(format!("read the backing chain of {}", disk.display())))? {
+                frozen_image(&b).map_err(|why| VmError::Confine(format!("the disk chain of {} names {}: {why}; refusing to show it to the VMM", disk.display(), b.display())))?;
                 plan.add(&b, false, false).map_err(bad)?;
             }
             plan.add(disk, true, false).map_err(bad)?;
@@ -265,5 +290,27 @@ impl Confinement {
     /// Removes a VMM's cgroup after its process has exited.
     pub fn release(&self, cgroup: &VmCgroup) {
         let _ = cgroup.remove(self.ops.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_frozen_images_may_back_a_disk() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        std::fs::write(&img, b"x").unwrap();
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert_eq!(frozen_image(&img), Ok(()));
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(frozen_image(&img).unwrap_err().contains("mode 600"));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&img, &link).unwrap();
+        assert!(frozen_image(&link).unwrap_err().contains("regular file"));
+        assert!(frozen_image(d.path()).is_err());
+        assert!(frozen_image(&d.path().join("missing")).is_err());
     }
 }
