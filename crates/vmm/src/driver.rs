@@ -108,7 +108,9 @@ pub fn console_tail(path: &Path) -> String {
     }
     let key: Vec<&str> = window.lines().filter(|l| KEY_LINES.iter().any(|k| l.contains(k)) && !tail.contains(l)).take(3).collect();
     let shown: Vec<&str> = key.iter().chain(if key.is_empty() { [].iter() } else { [" ..."].iter() }).chain(tail.iter()).copied().collect();
-    format!("; guest console ({}):\n  {}", path.display(), shown.join("\n  "))
+    // The guest wrote these lines: no terminal control sequences, no line longer than 200.
+    let clean: Vec<String> = shown.iter().map(|l| l.chars().take(200).map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect()).collect();
+    format!("; guest console ({}):\n  {}", path.display(), clean.join("\n  "))
 }
 
 #[cfg(test)]
@@ -128,5 +130,8 @@ mod tests {
         assert!(t.contains("Kernel panic - not syncing"), "{t}");
         assert!(t.contains("trace line 39") && !t.contains("trace line 10\n"), "{t}");
         assert!(!t.contains("boot"), "{t}");
+        std::fs::write(&p, format!("ok\n\x1b]0;pwned\x07{}\n", "x".repeat(5000))).unwrap();
+        let t = console_tail(&p);
+        assert!(!t.contains('\x1b') && !t.contains('\x07') && t.len() < 400, "{t}");
     }
 }
