@@ -6,7 +6,7 @@ AGENT        := target/$(AGENT_TARGET)/release/kiln-agent
 KILN         := target/release/kiln
 export CARGO_TERM_PROGRESS_WHEN = never
 
-.PHONY: all deps build agent demo test lint fuzz clean
+.PHONY: all deps build agent doctor demo test lint fuzz clean
 
 all: build
 
@@ -17,9 +17,14 @@ build: deps
 	cargo build --release --locked -p kiln-cli
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p kiln-agent --target $(AGENT_TARGET)
 
+# The end of every set-up: kiln checks the host (QEMU and its version, the frozen-RAM mapping,
+# confinement, the guest kernel) and stops the make on any failure it reports.
+doctor: build
+	$(KILN) doctor
+
 # The untrusted sample build: a small C project, copied into a fresh VM of the `base`
 # template, built and tested there; the VM is destroyed afterwards.
-demo: build
+demo: doctor
 	$(KILN) template build base
 	@echo "== host kernel:  $$(uname -r)"
 	@echo "== guest kernel: $$($(KILN) run --template base -- uname -r)"
@@ -33,7 +38,7 @@ demo: build
 
 # Everything: unit tests, then integration tests that boot real VMs (templates are built
 # once and cached by digest under KILN_HOME).
-test: build
+test: doctor
 	$(KILN) template build tiny
 	$(KILN) template build base
 	cargo test --release --locked --workspace -- --test-threads=2

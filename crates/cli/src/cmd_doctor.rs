@@ -42,11 +42,29 @@ pub async fn run(a: DoctorArgs) -> i32 {
     let home = Home::from_env();
     let mut r = Report { failed: false };
     println!("kiln doctor (home {}, run folders {})", home.root().display(), home.run().display());
-    match Qemu::default().version() {
-        Ok(v) => r.ok("qemu", v),
+    let confined = matches!(kiln_vmm::confine::Policy::from_env(), Ok(kiln_vmm::confine::Policy::Required));
+    let qemu = Qemu::default();
+    match qemu.version().and_then(|line| Ok((line, qemu.release()?))) {
+        Ok((line, v)) if v.maps_frozen_ram_readonly() => {
+            r.ok("qemu", format!("{line} ({})", qemu.binary.display()));
+            r.ok("frozen RAM", "mapped read-only by clones (readonly=on,rom=off): no VMM can write the RAM later clones start from");
+        }
+        Ok((line, v)) => {
+            let why = kiln_vmm::qemu::old_qemu(v);
+            if confined {
+                r.fail("qemu", format!("{line}: {why}"));
+                r.fail("frozen RAM", "would be opened read-write by every clone's VMM; kiln refuses to confine it");
+            } else {
+                r.warn("qemu", format!("{line}: {why}"));
+                r.warn("frozen RAM", "opened read-write by clones (QEMU < 8.2; unconfined VMMs, trusted code only)");
+            }
+        }
         Err(e) => r.fail("qemu", e),
     }
-    tool(&mut r, "qemu-img", "qemu-utils");
+    match std::process::Command::new("qemu-img").arg("--version").output() {
+        Ok(o) if o.status.success() => r.ok("qemu-img", String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim()),
+        _ => r.fail("qemu-img", "not found: apt-get install qemu-utils"),
+    }
     tool(&mut r, "mkfs.ext4", "e2fsprogs");
     tool(&mut r, "apt-get", "apt");
     tool(&mut r, "mmdebstrap", "mmdebstrap (only for Debian templates like base)");
@@ -62,7 +80,6 @@ pub async fn run(a: DoctorArgs) -> i32 {
         Some(khz) => r.ok("tsc", format!("{khz} kHz (lpj and tsc_early_khz derived from it)")),
         None => r.warn("tsc", "unknown; guests calibrate their delay loop (may hang under TCG); set KILN_TSC_KHZ"),
     }
-    let confined = matches!(kiln_vmm::confine::Policy::from_env(), Ok(kiln_vmm::confine::Policy::Required));
     match kiln_vmm::accel::kvm_device_usable() {
         Ok(()) if confined && kiln_vmm::confine::kvm_reachable_when_confined().is_err() => {
             r.warn("/dev/kvm", kiln_vmm::confine::kvm_reachable_when_confined().unwrap_err())

@@ -176,6 +176,14 @@ exit 0
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["cache"]["written"], true, "{r}");
+    // The entry's RAM file is frozen: root's and read-only, so no VMM restoring it can write it.
+    let entries: Vec<_> = std::fs::read_dir(th.home.root().join("ci-cache")).unwrap().flatten().map(|e| e.path().join("memory")).filter(|m| m.exists()).collect();
+    assert!(!entries.is_empty(), "no cache entry with a RAM file");
+    for m in entries {
+        let meta = std::fs::symlink_metadata(&m).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.mode() & 0o222), (0, 0), "{} is {:o} uid {}", m.display(), meta.mode() & 0o7777, meta.uid());
+    }
 
     // The malicious build, untrusted, with one secret.
     let mal_out = tempfile::tempdir().unwrap();

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use kiln_testkit::{wait_until, TestHome};
 
+/// Debian's Python, where `make deps` installs pytest (python3-pytest); a `python3` earlier on
+/// `PATH` (pyenv, a virtualenv) may have no pytest.
+const PYTHON: &str = "/usr/bin/python3";
+
 #[test]
 fn python_sdk_against_a_real_daemon() {
     let th = TestHome::for_daemon();
@@ -18,7 +22,7 @@ fn python_sdk_against_a_real_daemon() {
     let mut daemon = serve.spawn().expect("start kiln serve");
     assert!(wait_until(Duration::from_secs(20), || socket.exists()), "daemon did not listen");
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python");
-    let out = Command::new("python3")
+    let out = Command::new(PYTHON)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(&sdk)
         .env("KILN_TEST_DAEMON", "1")
@@ -29,7 +33,7 @@ fn python_sdk_against_a_real_daemon() {
         .expect("run python3 -m pytest (apt-get install python3-pytest)");
     // The README's orchestrator example: builds a C project in a `base` sandbox and exits with
     // the build's exit code.
-    let example = Command::new("python3")
+    let example = Command::new(PYTHON)
         .args(["examples/build_project.py", "base"])
         .current_dir(&sdk)
         .env("KILN_HOST", format!("unix://{}", socket.display()))

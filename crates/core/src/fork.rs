@@ -51,6 +51,11 @@ impl ForkBase {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Its frozen RAM file.
+    pub fn memory(&self) -> &Path {
+        &self.memory
+    }
 }
 
 impl Drop for ForkBase {
@@ -210,16 +215,17 @@ impl Sandbox {
             vm.pause().await?;
             vm.save_state(&base.dir.join("state")).await?;
         }
-        // 2. Freeze its RAM file and disk overlay as the base (same inodes, new names).
-        for (from, to) in [(&memory, base.memory.clone()), (&disk, base.dir.join("disk.qcow2")), (&base.dir.join("state"), base.dir.join("state"))] {
-            if from != &to {
-                std::fs::hard_link(from, &to).map_err(io(format!("link {} into the fork", from.display())))?;
-            }
-            crate::snapshot::freeze(&to).map_err(io(format!("freeze {}", to.display())))?;
+        // 2. Its RAM file and disk overlay become the base (same inodes, new names). The
+        //    parent's old VMM ends first, so that no process still holds them writable when they
+        //    are frozen; its run folder is recreated for the restarted one, which runs on a copy
+        //    of the frozen RAM (made while the clones start) so it stays forkable.
+        for (from, to) in [(&memory, base.memory.clone()), (&disk, base.dir.join("disk.qcow2"))] {
+            std::fs::hard_link(from, &to).map_err(io(format!("link {} into the fork", from.display())))?;
         }
-        // 3. The parent's old VMM ends; its run folder is recreated for the restarted one, which
-        //    runs on a copy of the frozen RAM (made while the clones start) so it stays forkable.
         self.kill();
+        for f in [base.memory.clone(), base.dir.join("disk.qcow2"), base.dir.join("state")] {
+            crate::snapshot::freeze(&f).map_err(io(format!("freeze {}", f.display())))?;
+        }
         let run_dir = self.spec.run_dir.clone();
         crate::cleanup::make_owned_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
         let own = crate::sandbox::own_memory(home, &self.id)?;

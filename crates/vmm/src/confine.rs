@@ -162,7 +162,8 @@ fn qemu_has_seccomp(binary: &Path) -> Result<(), String> {
 }
 
 impl Confinement {
-    /// Checks the host: root, namespaces, cgroup controllers, QEMU's seccomp support. Creates
+    /// Checks the host: root, namespaces, cgroup controllers, QEMU's seccomp support and its
+    /// version (>= 8.2, for read-only frozen RAM). Creates
     /// the `kiln` cgroup(s) and removes those of dead kiln processes.
     pub fn probe(ops: Arc<dyn HostOps>) -> Result<Confinement, String> {
         let mut problems = Vec::new();
@@ -176,6 +177,11 @@ impl Confinement {
         let binary = crate::qemu::Qemu::binary_from_env();
         if let Err(e) = qemu_has_seccomp(&binary) {
             problems.push(e);
+        }
+        match crate::version::of(&binary) {
+            Ok(v) if !v.version.maps_frozen_ram_readonly() => problems.push(crate::qemu::old_qemu(v.version)),
+            Ok(_) => {}
+            Err(e) => problems.push(e.to_string()),
         }
         let layout = match detect_layout(ops.as_ref()) {
             Ok(l) => match l.prepare(ops.as_ref()) {
@@ -269,13 +275,16 @@ impl Confinement {
                 }
                 ops.chown(path, uid, gid).map_err(fail(format!("chown {}", path.display())))?;
                 ops.chmod(path, 0o600).map_err(fail(format!("chmod {}", path.display())))?;
+                plan.add(path, true, false).map_err(bad)?;
             } else {
-                // A frozen template or fork base, mapped private (copy-on-write). QEMU 7.2
-                // opens it read-write even so (see docs/security.md), hence group-writable.
-                ops.chown(path, 0, gid).map_err(fail(format!("chown {}", path.display())))?;
-                ops.chmod(path, 0o460).map_err(fail(format!("chmod {}", path.display())))?;
+                // A frozen template or fork base, mapped private (copy-on-write) and opened
+                // read-only (QEMU >= 8.2, `readonly=on,rom=off`): it must be root's and
+                // read-only for everyone, and the VMM sees it on a read-only mount.
+                frozen_image(path).map_err(|why| {
+                    VmError::Confine(format!("the frozen RAM file {} is {why}; refusing to map it into a VMM", path.display()))
+                })?;
+                plan.add(path, false, false).map_err(bad)?;
             }
-            plan.add(path, true, false).map_err(bad)?;
         }
         plan.check().map_err(bad)?;
         let cgroup = self.layout.create(ops, &vm_cgroup_name(run), Self::limits(spec)).map_err(|e| VmError::Confine(e.to_string()))?;

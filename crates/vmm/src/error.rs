@@ -57,6 +57,9 @@ pub enum VmError {
     /// The VMM could not be confined (or confinement is required and unavailable).
     #[error("{0}")]
     Confine(String),
+    /// This QEMU cannot do what kiln needs (too old, or not a QEMU).
+    #[error("{0}")]
+    Unsupported(String),
     /// The requested accelerator is not usable here.
     #[error("accelerator {0} is not usable on this host: {1}")]
     Accel(String, String),

@@ -15,9 +15,11 @@ pub mod qcow2;
 pub mod qemu;
 pub mod qmp;
 pub mod spawn;
+pub mod version;
 
 pub use accel::{Accel, AccelChoice};
 pub use channel::AgentChannel;
 pub use driver::{Driver, Vm, VmSpec};
 pub use error::VmError;
 pub use qemu::{Qemu, QemuVm};
+pub use version::QemuVersion;

@@ -15,6 +15,7 @@ use crate::driver::{Driver, Memory, Vm, VmSpec};
 use crate::error::VmError;
 use crate::qmp::Qmp;
 use crate::spawn::{spawn_supervised, ExitWatch};
+use crate::version::QemuVersion;
 
 /// The QEMU driver.
 #[derive(Debug, Clone)]
@@ -38,18 +39,19 @@ impl Qemu {
         std::env::var_os("KILN_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into())
     }
 
-    /// `qemu-system-x86_64 --version`, first line (e.g. "QEMU emulator version 7.2.22 ...").
+    /// `qemu-system-x86_64 --version`, first line (e.g. "QEMU emulator version 10.0.2 ...").
     pub fn version(&self) -> Result<String, VmError> {
-        let out = Command::new(&self.binary)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| VmError::Spawn { binary: self.binary.display().to_string(), source })?;
-        Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned())
+        Ok(crate::version::of(&self.binary)?.line)
     }
 
-    /// The full argument list for a spec; `confined` adds the seccomp filter.
-    pub fn args(spec: &VmSpec, confined: bool) -> Vec<String> {
+    /// The release number of this QEMU (asked once per process).
+    pub fn release(&self) -> Result<QemuVersion, VmError> {
+        Ok(crate::version::of(&self.binary)?.version)
+    }
+
+    /// The full argument list for a spec; `confined` adds the seccomp filter; `readonly_ram`
+    /// (QEMU >= 8.2) opens a private RAM file read-only.
+    pub fn args(spec: &VmSpec, confined: bool, readonly_ram: bool) -> Vec<String> {
         let run = |f: &str| spec.run_dir.join(f).display().to_string();
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
@@ -58,6 +60,9 @@ impl Qemu {
             Memory::File { .. } => "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem".to_owned(),
         };
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        // qboot, which loads the kernel itself (no option ROMs). QEMU 7.2 also names it
+        // `bios-microvm.bin`; Debian's QEMU 10 gives that name to SeaBIOS instead.
+        push(&["-bios", "qboot.rom"]);
         if confined {
             push(&["-sandbox", crate::confine::SECCOMP]);
         }
@@ -65,12 +70,14 @@ impl Qemu {
         push(&spec.accel.qemu_args());
         push(&["-smp", &spec.cpus.to_string(), "-m", &format!("{}M", spec.memory_mib)]);
         if let Memory::File { path, shared } = &spec.memory {
-            let obj = format!(
-                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
-                spec.memory_mib,
-                path.display(),
-                if *shared { "on" } else { "off" }
-            );
+            // A private mapping is a frozen template or fork base: opened read-only, so the VMM
+            // cannot change what later clones start from (rom=off: the guest still sees RAM).
+            let mode = match (*shared, readonly_ram) {
+                (true, _) => "share=on",
+                (false, true) => "share=off,readonly=on,rom=off",
+                (false, false) => "share=off",
+            };
+            let obj = format!("memory-backend-file,id=mem,size={}M,mem-path={},{mode}", spec.memory_mib, path.display());
             push(&["-object", &obj]);
         }
         push(&["-kernel", &spec.kernel.display().to_string(), "-initrd", &spec.initrd.display().to_string()]);
@@ -100,6 +107,11 @@ impl Driver for Qemu {
 
     fn launch(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
         let confine = self.confine.clone().map_err(VmError::Confine)?;
+        let release = self.release()?;
+        let readonly_ram = release.maps_frozen_ram_readonly();
+        if confine.is_some() && !readonly_ram && matches!(spec.memory, Memory::File { shared: false, .. }) {
+            return Err(VmError::Unsupported(old_qemu(release)));
+        }
         std::fs::create_dir_all(&spec.run_dir).map_err(VmError::io("create run folder", &spec.run_dir))?;
         let stderr_path = spec.run_dir.join("qemu.stderr");
         let stderr = std::fs::File::create(&stderr_path).map_err(VmError::io("create", &stderr_path))?;
@@ -113,7 +125,7 @@ impl Driver for Qemu {
             None => (None, None),
         };
         let mut cmd = Command::new(&self.binary);
-        cmd.args(Self::args(&spec, confine.is_some())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).current_dir(&spec.run_dir);
+        cmd.args(Self::args(&spec, confine.is_some(), readonly_ram)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).current_dir(&spec.run_dir);
         let child = spawn_supervised(cmd, jail).map_err(|source| {
             if let Some((c, cg)) = &cgroup {
                 c.release(cg);
@@ -128,6 +140,15 @@ impl Driver for Qemu {
         let watch = ExitWatch::new(child.id()).map_err(VmError::io("pidfd_open", &spec.run_dir))?;
         Ok(QemuVm { child: Some(child), watch, run_dir: spec.run_dir, qmp: None, status: None, cgroup })
     }
+}
+
+/// Why a confined VMM cannot run on `release`.
+pub fn old_qemu(release: QemuVersion) -> String {
+    format!(
+        "QEMU {release} cannot map a frozen RAM file read-only (that takes QEMU {}), so a confined VMM could write the RAM later clones start from; install qemu-system-x86 >= {} (`make deps` takes it from bookworm-backports on Debian 12)",
+        QemuVersion::READONLY_RAM,
+        QemuVersion::READONLY_RAM
+    )
 }
 
 /// A running QEMU process.
@@ -274,9 +295,10 @@ mod tests {
 
     #[test]
     fn command_line_shape() {
-        let a = Qemu::args(&spec(), false).join(" ");
+        let a = Qemu::args(&spec(), false, true).join(" ");
         assert!(!a.contains("-sandbox"), "{a}");
-        assert!(Qemu::args(&spec(), true).join(" ").contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
+        assert!(a.contains("-bios qboot.rom"), "{a}");
+        assert!(Qemu::args(&spec(), true, true).join(" ").contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(a.contains("-M microvm,"), "{a}");
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("-smp 2 -m 256M"), "{a}");
@@ -288,9 +310,14 @@ mod tests {
         let mut s = spec();
         s.memory = Memory::File { path: "/dev/shm/x".into(), shared: false };
         s.incoming = true;
-        let a = Qemu::args(&s, false).join(" ");
+        let a = Qemu::args(&s, false, true).join(" ");
         assert!(a.contains("memory-backend=mem"), "{a}");
-        assert!(a.contains("mem-path=/dev/shm/x,share=off"), "{a}");
+        assert!(a.contains("mem-path=/dev/shm/x,share=off,readonly=on,rom=off "), "a frozen RAM file is opened read-only: {a}");
         assert!(a.ends_with("-incoming defer"), "{a}");
+        let a = Qemu::args(&s, false, false).join(" ");
+        assert!(a.contains("mem-path=/dev/shm/x,share=off ") && !a.contains("readonly"), "QEMU < 8.2 has no rom=off: {a}");
+        s.memory = Memory::File { path: "/dev/shm/x".into(), shared: true };
+        let a = Qemu::args(&s, false, true).join(" ");
+        assert!(a.contains("mem-path=/dev/shm/x,share=on ") && !a.contains("readonly"), "{a}");
     }
 }

@@ -1,0 +1,115 @@
+//! No VMM can write a frozen RAM file: template snapshots, fork bases and persisted checkpoints
+//! (the CI setup cache) are root's and read-only, and the clones' QEMUs open them read-only
+//! (`readonly=on,rom=off`) and map them private.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_core::{ExecRequest, Output, Sandbox, SandboxOptions};
+use kiln_testkit::{Boot, TestHome};
+
+/// The file backing the VMM's guest RAM: its largest file mapping.
+fn ram_mapping(pid: u32) -> (PathBuf, String) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut best: Option<(u64, PathBuf, String)> = None;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[5].starts_with('/') {
+            continue;
+        }
+        let (a, b) = f[0].split_once('-').unwrap();
+        let len = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+        if best.as_ref().is_none_or(|(l, ..)| len > *l) {
+            best = Some((len, PathBuf::from(f[5]), f[1].to_owned()));
+        }
+    }
+    let (len, path, perms) = best.expect("a file mapping");
+    assert!(len >= 256 << 20, "the largest file mapping of {pid} is {len} bytes ({})", path.display());
+    (path, perms)
+}
+
+fn ids_of(pid: u32) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    (field("Uid:"), field("Gid:"))
+}
+
+/// Asserts that `sbx`'s VMM maps a frozen RAM file that neither it nor its group can write.
+fn assert_frozen_for(sbx: &Sandbox, kind: &str) -> PathBuf {
+    let pid = sbx.vmm_pid();
+    let (ram, perms) = ram_mapping(pid);
+    assert!(perms.ends_with('p'), "{kind}: {} is mapped shared ({perms})", ram.display());
+    let m = std::fs::symlink_metadata(&ram).unwrap();
+    assert!(m.file_type().is_file(), "{kind}");
+    assert_eq!((m.uid(), m.mode() & 0o222), (0, 0), "{kind}: {} is {:o} uid {}", ram.display(), m.mode() & 0o7777, m.uid());
+    // The VMM runs as a uid and group of its own, and cannot open the file for writing.
+    let (uid, gid) = ids_of(pid);
+    assert!(uid != 0 && gid != 0, "{kind}: VMM runs as {uid}:{gid}");
+    let st = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("exec 3>>\"$0\"")
+        .arg(&ram)
+        .stderr(std::process::Stdio::null())
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .unwrap();
+    assert!(!st.success(), "{kind}: uid {uid} gid {gid} could open {} for writing", ram.display());
+    // Every descriptor the VMM holds on it is read-only.
+    let mut fds = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if std::fs::read_link(e.path()).ok().as_deref() == Some(ram.as_path()) {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap();
+            let flags = info.lines().find(|l| l.starts_with("flags:")).unwrap().split_whitespace().nth(1).unwrap();
+            let flags = u32::from_str_radix(flags, 8).unwrap();
+            assert_eq!(flags & libc::O_ACCMODE as u32, libc::O_RDONLY as u32, "{kind}: fd {:?} flags {flags:o}", e.file_name());
+            fds += 1;
+        }
+    }
+    assert!(fds > 0, "{kind}: the VMM holds no descriptor on {}", ram.display());
+    ram
+}
+
+async fn answers(sbx: &Sandbox) {
+    let mut out = Vec::new();
+    let o = sbx
+        .exec(ExecRequest::shell("echo alive > /root/x; cat /root/x").timeout(Duration::from_secs(60)), |o| {
+            if let Output::Stdout(d) = o {
+                out.extend_from_slice(d)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((o.exit_code(), out.as_slice()), (0, b"alive\n".as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_vmm_can_write_a_frozen_ram_file() {
+    let th = TestHome::new();
+    // A template snapshot.
+    let restored = th.sandbox("tiny", Boot::Restored).await;
+    let ram = assert_frozen_for(&restored, "template snapshot");
+    assert!(ram.starts_with(th.home.shm()), "{}", ram.display());
+    answers(&restored).await;
+    drop(restored);
+
+    // A fork base.
+    let opts = SandboxOptions { forkable: true, ..SandboxOptions::default() };
+    let mut parent = Sandbox::create(&th.home, &opts, &|m| eprintln!("kiln: {m}")).await.unwrap();
+    let clone = parent.fork(&th.home, 1).await.unwrap().pop().unwrap();
+    let ram = assert_frozen_for(&clone, "fork base");
+    assert!(ram.file_name().unwrap().to_string_lossy().starts_with("fork-"), "{}", ram.display());
+    answers(&clone).await;
+
+    // A persisted checkpoint, as the CI setup cache writes them.
+    let dir = th.home.root().join("checkpoint");
+    let memory: &Path = &dir.join("memory");
+    parent.fork_base().unwrap().persist(parent.vm_spec(), &dir, memory).unwrap();
+    let from_cache = Sandbox::from_checkpoint(&th.home, &dir, memory, parent.artifacts().clone(), parent.accel(), Vec::new()).await.unwrap();
+    assert_eq!(assert_frozen_for(&from_cache, "checkpoint"), memory);
+    answers(&from_cache).await;
+    drop((from_cache, clone, parent));
+    th.assert_clean();
+}
