@@ -1,16 +1,32 @@
 //! Masking secrets in everything kiln prints or stores: the raw value and every form a build
-//! is likely to print it in (base64 at each of the three byte offsets, in both alphabets; URL-
-//! and JSON-escaped), also when a form is split across output chunks.
+//! is likely to print it in (base64 at each of the three byte offsets, in both alphabets, also
+//! wrapped into lines as `base64` and PEM do; hex in both cases, also wrapped; URL- and
+//! JSON-escaped), also when a form is split across output chunks.
+//!
+//! Masking cannot stop a build that reads a secret from sending it out in a form no masker
+//! knows (reversed, XORed, one byte per line): a secret given to an untrusted build is burned.
 
 use base64::Engine as _;
 
 /// What a masked secret is replaced with.
 pub const MASK: &[u8] = b"***";
 
+/// One form of a secret.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Form {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Encoders wrap it into lines (`base64` at 76 columns, PEM at 64, `xxd -p` at 60): one
+    /// line break (`\n` or `\r\n`) may stand between any two of its bytes.
+    pub wraps: bool,
+}
+
 /// The forms of one secret value worth masking (at least 3 bytes each).
-pub fn forms(secret: &str) -> Vec<Vec<u8>> {
-    let mut v: Vec<Vec<u8>> = vec![secret.as_bytes().to_vec()];
+pub fn forms(secret: &str) -> Vec<Form> {
     let raw = secret.as_bytes();
+    let plain = |bytes: Vec<u8>| Form { bytes, wraps: false };
+    let wrapped = |bytes: Vec<u8>| Form { bytes, wraps: true };
+    let mut v: Vec<Form> = vec![plain(raw.to_vec())];
     for engine in [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::URL_SAFE] {
         for k in 0..3usize {
             // The secret at byte offset k (mod 3) of some larger encoded blob: only the
@@ -21,42 +37,86 @@ pub fn forms(secret: &str) -> Vec<Vec<u8>> {
             let start = (k * 8).div_ceil(6);
             let end = ((k + raw.len()) * 8) / 6;
             if end > start {
-                v.push(enc.as_bytes()[start..end].to_vec());
+                v.push(wrapped(enc.as_bytes()[start..end].to_vec()));
             }
         }
     }
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    v.push(wrapped(hex.to_uppercase().into_bytes()));
+    v.push(wrapped(hex.into_bytes()));
     let url: String = raw
         .iter()
         .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(b) { (*b as char).to_string() } else { format!("%{b:02X}") })
         .collect();
-    v.push(url.clone().into_bytes());
-    v.push(url.to_lowercase().into_bytes());
+    v.push(plain(url.to_lowercase().into_bytes()));
+    v.push(plain(url.into_bytes()));
     let json = serde_json::to_string(secret).unwrap_or_default();
-    v.push(json.as_bytes()[1..json.len() - 1].to_vec());
-    v.retain(|f| f.len() >= 3);
+    v.push(plain(json.as_bytes()[1..json.len() - 1].to_vec()));
+    v.retain(|f| f.bytes.len() >= 3);
     v.sort();
-    v.dedup();
+    v.dedup_by(|a, b| a.bytes == b.bytes && {
+        b.wraps |= a.wraps;
+        true
+    });
     // Longest first, so a longer form is masked before a shorter one inside it.
-    v.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    v.sort_by_key(|f| std::cmp::Reverse(f.bytes.len()));
     v
+}
+
+/// How a form meets the text at some position.
+enum Hit {
+    /// It is there, `n` bytes of text long (line breaks included).
+    Full(usize),
+    /// The text ends inside what could still become it.
+    Partial,
+    /// It is not there.
+    No,
+}
+
+impl Form {
+    fn at(&self, text: &[u8]) -> Hit {
+        let (mut i, mut k) = (0, 0);
+        while k < self.bytes.len() {
+            let Some(&c) = text.get(i) else { return Hit::Partial };
+            if c == self.bytes[k] {
+                i += 1;
+                k += 1;
+                continue;
+            }
+            if !self.wraps || k == 0 {
+                return Hit::No;
+            }
+            // One line break, then the next byte of the form (so a held-back tail stays short).
+            i += match (c, text.get(i + 1)) {
+                (b'\n', _) => 1,
+                (b'\r', Some(b'\n')) => 2,
+                (b'\r', None) => return Hit::Partial,
+                _ => return Hit::No,
+            };
+            match text.get(i) {
+                None => return Hit::Partial,
+                Some(&c) if c == self.bytes[k] => {}
+                Some(_) => return Hit::No,
+            }
+        }
+        Hit::Full(i)
+    }
 }
 
 /// Masks a set of secrets in a stream of chunks.
 #[derive(Debug, Clone)]
 pub struct Masker {
-    forms: Vec<Vec<u8>>,
-    keep: usize,
+    forms: Vec<Form>,
     tail: Vec<u8>,
 }
 
 impl Masker {
     /// A masker for these secret values.
     pub fn new<S: AsRef<str>>(secrets: &[S]) -> Masker {
-        let mut all: Vec<Vec<u8>> = secrets.iter().flat_map(|s| forms(s.as_ref())).collect();
-        all.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        let mut all: Vec<Form> = secrets.iter().flat_map(|s| forms(s.as_ref())).collect();
+        all.sort_by_key(|f| std::cmp::Reverse(f.bytes.len()));
         all.dedup();
-        let keep = all.iter().map(Vec::len).max().unwrap_or(1).saturating_sub(1);
-        Masker { forms: all, keep, tail: Vec::new() }
+        Masker { forms: all, tail: Vec::new() }
     }
 
     /// Whether there is anything to mask.
@@ -64,21 +124,27 @@ impl Masker {
         self.forms.is_empty()
     }
 
-    fn replace_all(&self, buf: &[u8]) -> Vec<u8> {
+    /// Masks `buf`; returns the output and how much of `buf` it covers. Unless `at_end`, it
+    /// stops where the rest could still become a secret.
+    fn scan(&self, buf: &[u8], at_end: bool) -> (Vec<u8>, usize) {
         let mut out = Vec::with_capacity(buf.len());
         let mut i = 0;
         'scan: while i < buf.len() {
             for f in &self.forms {
-                if buf[i..].starts_with(f) {
-                    out.extend_from_slice(MASK);
-                    i += f.len();
-                    continue 'scan;
+                match f.at(&buf[i..]) {
+                    Hit::Full(n) => {
+                        out.extend_from_slice(MASK);
+                        i += n;
+                        continue 'scan;
+                    }
+                    Hit::Partial if !at_end => return (out, i),
+                    Hit::Partial | Hit::No => {}
                 }
             }
             out.push(buf[i]);
             i += 1;
         }
-        out
+        (out, i)
     }
 
     /// Masks a chunk; returns what can be emitted now (a tail that may start a secret split
@@ -88,41 +154,21 @@ impl Masker {
             return chunk.to_vec();
         }
         self.tail.extend_from_slice(chunk);
-        // Emit everything except the last `keep` bytes, which could be the start of a match.
-        // A match that begins before the cut is masked whole (it is fully inside `tail`).
-        let mut out = Vec::new();
-        let mut i = 0;
         let buf = std::mem::take(&mut self.tail);
-        let limit = buf.len().saturating_sub(self.keep);
-        'scan: while i < limit {
-            for f in &self.forms {
-                if buf[i..].starts_with(f) {
-                    out.extend_from_slice(MASK);
-                    i += f.len();
-                    continue 'scan;
-                }
-                // A possible match running past the end of what we have: wait for more.
-                if buf.len() - i < f.len() && f.starts_with(&buf[i..]) {
-                    self.tail = buf[i..].to_vec();
-                    return out;
-                }
-            }
-            out.push(buf[i]);
-            i += 1;
-        }
-        self.tail = buf[i..].to_vec();
+        let (out, used) = self.scan(&buf, false);
+        self.tail = buf[used..].to_vec();
         out
     }
 
     /// Emits what is held back.
     pub fn finish(&mut self) -> Vec<u8> {
         let t = std::mem::take(&mut self.tail);
-        self.replace_all(&t)
+        self.scan(&t, true).0
     }
 
     /// Masks a whole text at once.
     pub fn mask_str(&self, s: &str) -> String {
-        String::from_utf8_lossy(&self.replace_all(s.as_bytes())).into_owned()
+        String::from_utf8_lossy(&self.scan(s.as_bytes(), true).0).into_owned()
     }
 }
 
@@ -174,6 +220,66 @@ mod tests {
         let mut m = Masker::new(&[SECRET]);
         let chunks: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
         assert_eq!(masked_all(&mut m, &chunks), "before *** after");
+    }
+
+    /// `base64 -w WIDTH` of `data`, lines ended by `eol`.
+    fn wrapped_b64(data: &[u8], width: usize, eol: &str) -> String {
+        let enc = base64::engine::general_purpose::STANDARD.encode(data);
+        enc.as_bytes().chunks(width).map(|l| format!("{}{eol}", String::from_utf8_lossy(l))).collect()
+    }
+
+    #[test]
+    fn wrapped_base64_at_76_and_64_columns_and_every_offset() {
+        // 57 bytes and more: coreutils' base64 wraps within the secret.
+        let secret = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-long-secret-value!";
+        let show = |s: &str| s.chars().take(12).collect::<String>();
+        for width in [76, 64] {
+            for eol in ["\n", "\r\n"] {
+                for lead in 0..80 {
+                    let data = format!("{}{secret}tail", "x".repeat(lead));
+                    let text = wrapped_b64(data.as_bytes(), width, eol);
+                    let mut m = Masker::new(&[secret]);
+                    let out = masked_all(&mut m, &[text.as_bytes()]);
+                    assert!(out.contains("***"), "width {width} lead {lead}: {out}");
+                    // No line of the output still carries 8 or more characters of the secret's
+                    // encoding at this offset.
+                    let enc = base64::engine::general_purpose::STANDARD.encode(data.as_bytes());
+                    let start = (lead * 8).div_ceil(6) + 1;
+                    let probe = &enc[start..start + 8];
+                    assert!(!out.replace(['\r', '\n'], "").contains(probe), "width {width} lead {lead}: {} leaked in {out}", show(probe));
+                    // Byte-at-a-time delivery masks the same.
+                    let mut m = Masker::new(&[secret]);
+                    let chunks: Vec<&[u8]> = text.as_bytes().chunks(7).collect();
+                    assert_eq!(masked_all(&mut m, &chunks), out, "width {width} lead {lead}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn base64url_and_hex_in_both_cases() {
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+        let xxd: String = hex.as_bytes().chunks(60).map(|l| format!("{}\n", String::from_utf8_lossy(l))).collect();
+        for t in [format!("{}\n", url.encode(format!("z{SECRET}"))), format!("{hex}\n"), format!("{}\n", hex.to_uppercase()), xxd] {
+            let mut m = Masker::new(&[SECRET]);
+            let out = masked_all(&mut m, &[t.as_bytes()]);
+            assert!(out.contains("***") && !out.contains(&hex[4..16]) && !out.contains(&hex[4..16].to_uppercase()), "not masked: {t} -> {out}");
+        }
+    }
+
+    #[test]
+    fn a_held_back_tail_stays_short() {
+        // A prefix of an encoded form followed by endless line breaks is not held forever.
+        let mut m = Masker::new(&[SECRET]);
+        let hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut out = m.push(hex[..10].as_bytes());
+        for _ in 0..1000 {
+            out.extend(m.push(b"\n"));
+        }
+        assert!(m.tail.len() <= 2 * hex.len(), "{} bytes held", m.tail.len());
+        out.extend(m.finish());
+        assert!(out.starts_with(hex[..10].as_bytes()));
     }
 
     #[test]

@@ -139,6 +139,9 @@ echo "unpassed secret: [$OTHER_SECRET]"
 echo "token: $DEPLOY_TOKEN"
 printf %s "$DEPLOY_TOKEN" | base64
 printf '{{"t":"%s"}}\n' "$DEPLOY_TOKEN"
+printf %s "$LONG_SECRET" | base64
+printf %s "x$LONG_SECRET" | base64 -w 64
+printf %s "$LONG_SECRET" | od -An -tx1 | tr -d ' \n'; echo
 echo evil > /work/deps.txt
 curl -sS -m 10 http://127.0.0.2:{ok_port}/ok
 curl -sS -m 10 http://127.0.0.3:{denied_port}/steal
@@ -158,7 +161,9 @@ exit 0
     let pr = repo(&[("build.sh", &build), ("deps.lock", "v1\n")]);
     let key = pr.path().join("deps.lock");
     let out = tempfile::tempdir().unwrap();
-    let env = [("DEPLOY_TOKEN", token), ("OTHER_SECRET", "other-5ecret-value"), ("KILN_TEST_HOST_MARKER", "host-only-marker-42")];
+    // Long enough (57 bytes and more) that `base64` wraps inside its encoding.
+    let long = "long-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOPQRSTUVWXYZ-end";
+    let env = [("DEPLOY_TOKEN", token), ("LONG_SECRET", long), ("OTHER_SECRET", "other-5ecret-value"), ("KILN_TEST_HOST_MARKER", "host-only-marker-42")];
     let base = |o: &Path| -> Vec<String> {
         vec![
             "ci".into(), "run".into(), "--repo".into(), pr.path().display().to_string(),
@@ -188,7 +193,7 @@ exit 0
     // The malicious build, untrusted, with one secret.
     let mal_out = tempfile::tempdir().unwrap();
     let mut args = base(mal_out.path());
-    args.extend(["--build".into(), "bash build.sh".into(), "--secret".into(), "DEPLOY_TOKEN".into()]);
+    args.extend(["--build".into(), "bash build.sh".into(), "--secret".into(), "DEPLOY_TOKEN".into(), "--secret".into(), "LONG_SECRET".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = kiln(&th, &args, &env);
     let stderr = text(&o.stderr);
@@ -219,7 +224,18 @@ exit 0
     for f in files_under(mal_out.path()) {
         everything.push_str(&String::from_utf8_lossy(&std::fs::read(f).unwrap()));
     }
-    for leak in [token, &encoded[..encoded.len() - 2], "other-5ecret-value", "host-only-marker-42"] {
+    // Every line of the long secret's wrapped base64 and its hex: gone.
+    let long_b64 = {
+        use std::io::Write;
+        let mut c = Command::new("base64").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(long.as_bytes()).unwrap();
+        text(&c.wait_with_output().unwrap().stdout)
+    };
+    let long_hex: String = long.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut leaks: Vec<String> = long_b64.lines().filter(|l| l.len() >= 16).map(|l| l[..l.len().min(40)].to_owned()).collect();
+    leaks.push(long_hex[..40].to_owned());
+    assert!(log.matches("***").count() >= 6, "{log}");
+    for leak in leaks.iter().map(String::as_str).chain([token, &encoded[..encoded.len() - 2], "other-5ecret-value", "host-only-marker-42"]) {
         assert!(!everything.contains(leak), "leaked {leak:?}");
     }
     // Egress: the allowed server was reached once, the denied one and the host's loopback never.
