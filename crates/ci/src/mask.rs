@@ -273,13 +273,13 @@ mod tests {
         // A prefix of an encoded form followed by endless line breaks is not held forever.
         let mut m = Masker::new(&[SECRET]);
         let hex: String = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
-        let mut out = m.push(hex[..10].as_bytes());
+        let mut out = m.push(&hex.as_bytes()[..10]);
         for _ in 0..1000 {
             out.extend(m.push(b"\n"));
         }
         assert!(m.tail.len() <= 2 * hex.len(), "{} bytes held", m.tail.len());
         out.extend(m.finish());
-        assert!(out.starts_with(hex[..10].as_bytes()));
+        assert!(out.starts_with(&hex.as_bytes()[..10]));
     }
 
     #[test]

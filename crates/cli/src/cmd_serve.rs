@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use kiln_core::manager::{Limits, Manager};
+use kiln_daemon::manager::{Limits, Manager};
 use kiln_image::lock::FileLock;
 use kiln_image::Home;
 use kiln_server::AppState;

@@ -1,7 +1,7 @@
 //! `kiln token create|ls|revoke`: bearer tokens for the daemon's TCP listener.
 
 use clap::Subcommand;
-use kiln_core::store::Store;
+use kiln_daemon::store::Store;
 use kiln_image::Home;
 
 use crate::exit;

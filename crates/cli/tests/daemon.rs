@@ -4,7 +4,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kiln_client::{Client, ClientError, CreateSandbox, ExecRequest, Target};
-use kiln_core::store::Store;
+use kiln_daemon::store::Store;
 use kiln_testkit::{wait_until, TestHome};
 
 struct Daemon {

@@ -12,13 +12,9 @@ pub mod exec;
 pub mod files;
 pub mod fork;
 pub mod random;
-pub mod lifecycle;
-pub mod manager;
-pub mod metrics;
 pub mod sandbox;
 pub mod snapshot;
 pub mod sparse;
-pub mod store;
 pub mod tunnel;
 
 pub use agent::Agent;

@@ -35,6 +35,6 @@ pub async fn require(State(st): State<AppState>, mut req: Request, next: Next) -
             next.run(req).await
         }
         Ok(None) => ApiError::unauthorized("unknown or revoked token").into_response(),
-        Err(e) => ApiError::from(kiln_core::manager::ManagerError::Store(e)).into_response(),
+        Err(e) => ApiError::from(kiln_daemon::manager::ManagerError::Store(e)).into_response(),
     }
 }

@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kiln_core::manager::ManagerError;
+use kiln_daemon::manager::ManagerError;
 use kiln_core::SandboxError;
 use kiln_proto::ErrorKind;
 use serde_json::json;

@@ -101,7 +101,7 @@ pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>
         .await;
     drop(lease);
     if let Some((code, msg)) = r.as_ref().err().and_then(not_started) {
-        st.manager.note_exec(&id, &text, &Err(kiln_core::manager::ManagerError::Invalid(msg.trim().to_owned())), &actor.0);
+        st.manager.note_exec(&id, &text, &Err(kiln_daemon::manager::ManagerError::Invalid(msg.trim().to_owned())), &actor.0);
         return Ok(Json(json!({ "stdout": "", "stderr": msg, "exit_code": code, "timed_out": false, "duration_ms": 0,
                                "stdout_truncated": false, "stderr_truncated": false })));
     }

@@ -1,6 +1,6 @@
 //! The HTTP API of `kiln serve`: one routing table ([`routes::ROUTES`]) from which both the
 //! router and the OpenAPI document are built, handlers that translate HTTP into
-//! [`kiln_core::manager::Manager`] calls, errors mapped to statuses in one place, and bearer-token
+//! [`kiln_daemon::manager::Manager`] calls, errors mapped to statuses in one place, and bearer-token
 //! auth for TCP listeners.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,7 +19,7 @@ pub mod templates;
 
 use std::sync::Arc;
 
-use kiln_core::manager::Manager;
+use kiln_daemon::manager::Manager;
 
 pub use routes::app;
 

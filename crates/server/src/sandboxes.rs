@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_core::manager::{CreateRequest, SandboxInfo};
+use kiln_daemon::manager::{CreateRequest, SandboxInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

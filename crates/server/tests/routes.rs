@@ -4,7 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use kiln_core::manager::{Limits, Manager};
+use kiln_daemon::manager::{Limits, Manager};
 use kiln_image::Home;
 use kiln_server::{app, routes::ROUTES, AppState};
 use tower::ServiceExt;

@@ -10,10 +10,10 @@ use kiln_image::Home;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use crate::error::SandboxError;
+use kiln_core::error::SandboxError;
 use crate::lifecycle::State;
 use crate::metrics::Metrics;
-use crate::sandbox::{CreateMode, Sandbox, SandboxOptions};
+use kiln_core::sandbox::{CreateMode, Sandbox, SandboxOptions};
 use crate::store::{now, SandboxRecord, Store, StoreError};
 
 /// Limits the daemon enforces.
@@ -112,13 +112,13 @@ pub(crate) struct Entry {
 /// Serves a sandbox's egress tunnel with this proxy context.
 fn attach_egress(sandbox: &Sandbox, ctx: Arc<kiln_egress::ProxyContext>) -> tokio::task::JoinHandle<String> {
     let socket = sandbox.net_socket();
-    let handler: crate::tunnel::Handler = Arc::new(move |stream| {
+    let handler: kiln_core::tunnel::Handler = Arc::new(move |stream| {
         let ctx = ctx.clone();
         Box::pin(async move {
             kiln_egress::serve_connection(stream, &ctx).await;
         })
     });
-    tokio::spawn(async move { crate::tunnel::serve(&socket, handler).await })
+    tokio::spawn(async move { kiln_core::tunnel::serve(&socket, handler).await })
 }
 
 /// A proxy context for an allowlist.
@@ -192,7 +192,7 @@ impl Manager {
             if lock(&self.live).contains_key(&r.id) {
                 continue;
             }
-            if crate::cleanup::pid_alive(r.vmm_pid) {
+            if kiln_core::cleanup::pid_alive(r.vmm_pid) {
                 let cmdline = std::fs::read(format!("/proc/{}/cmdline", r.vmm_pid)).unwrap_or_default();
                 if String::from_utf8_lossy(&cmdline).contains(&r.run_dir) {
                     // SAFETY: kill has no memory effects; the pid was checked to be this VM's QEMU.
@@ -205,7 +205,7 @@ impl Manager {
             self.store.event(Some(&r.id), "lost", why, "kiln")?;
             lost.push(r.id);
         }
-        crate::cleanup::sweep(&self.home);
+        kiln_core::cleanup::sweep(&self.home);
         Ok(lost)
     }
 
@@ -277,12 +277,12 @@ impl Manager {
             state: State::Running,
             created_at: now(),
             deadline,
-            cpus: sandbox.spec.cpus,
-            memory_mib: sandbox.spec.memory_mib,
+            cpus: sandbox.vm_spec().cpus,
+            memory_mib: sandbox.vm_spec().memory_mib,
             mode,
             parent,
         };
-        let run_dir = sandbox.spec.run_dir.display().to_string();
+        let run_dir = sandbox.vm_spec().run_dir.display().to_string();
         self.store.put_sandbox(&SandboxRecord {
             id: info.id.clone(),
             template: info.template.clone(),
@@ -413,7 +413,7 @@ impl Manager {
     }
 
     /// Records an exec and its end in the audit log and metrics.
-    pub fn note_exec(&self, id: &str, command: &str, result: &Result<crate::ExecOutcome, ManagerError>, actor: &str) {
+    pub fn note_exec(&self, id: &str, command: &str, result: &Result<kiln_core::ExecOutcome, ManagerError>, actor: &str) {
         self.metrics.execs.inc();
         let detail = match result {
             Ok(o) if o.timed_out => format!("{command}: timed out after {} ms", o.duration.as_millis()),
@@ -430,8 +430,8 @@ impl Manager {
             let i = lock(&e.info);
             (u64::from(i.memory_mib), i.deadline, i.template.clone())
         };
-        if count == 0 || count > crate::fork::MAX_FORK {
-            return Err(ManagerError::Invalid(format!("count must be between 1 and {}, not {count}", crate::fork::MAX_FORK)));
+        if count == 0 || count > kiln_core::fork::MAX_FORK {
+            return Err(ManagerError::Invalid(format!("count must be between 1 and {}, not {count}", kiln_core::fork::MAX_FORK)));
         }
         self.reserve(count, mib)?;
         let mut guard = e.sandbox.write().await;
@@ -524,11 +524,11 @@ impl Manager {
 #[cfg(test)]
 mod send_check {
     #[allow(dead_code)]
-    fn futures_are_send(m: &super::Manager, h: &kiln_image::Home, a: &crate::artifacts::BootArtifacts) {
+    fn futures_are_send(m: &super::Manager, h: &kiln_image::Home, a: &kiln_core::artifacts::BootArtifacts) {
         fn is_send<T: Send>(_: T) {}
         is_send(m.create(Default::default(), "x"));
         is_send(m.fork("x", 1, "x"));
-        is_send(crate::Sandbox::create(h, &Default::default(), &kiln_image::quiet));
-        is_send(crate::sandbox::ensure_snapshot(h, a, kiln_vmm::Accel::Tcg, 1, 1, std::time::Duration::ZERO, &kiln_image::quiet));
+        is_send(kiln_core::Sandbox::create(h, &Default::default(), &kiln_image::quiet));
+        is_send(kiln_core::sandbox::ensure_snapshot(h, a, kiln_vmm::Accel::Tcg, 1, 1, std::time::Duration::ZERO, &kiln_image::quiet));
     }
 }

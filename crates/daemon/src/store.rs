@@ -210,7 +210,7 @@ impl Store {
 
     /// Creates an API token named `name`; returns the secret (shown once, stored hashed).
     pub fn create_token(&self, name: &str) -> Result<String> {
-        let secret = format!("kiln_{}", crate::random::hex(24));
+        let secret = format!("kiln_{}", kiln_core::random::hex(24));
         self.db().execute(
             "INSERT OR REPLACE INTO tokens (name, sha256, created_at) VALUES (?1, ?2, ?3)",
             params![name, token_hash(&secret), now()],

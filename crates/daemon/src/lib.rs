@@ -1,0 +1,13 @@
+//! The daemon's state, for `kiln serve`: a registry of live sandboxes with deadlines and a
+//! reaper, limits, the lifecycle of each sandbox, the SQLite store (sandboxes, templates,
+//! snapshots, hashed tokens, audit events), metrics, and the egress proxy each sandbox's tunnel
+//! is served by. It knows nothing of HTTP (that is `kiln-server`), and `kiln-core` knows
+//! nothing of it.
+#![warn(missing_docs)]
+
+pub mod lifecycle;
+pub mod manager;
+pub mod metrics;
+pub mod store;
+
+pub use manager::{Limits, Manager, ManagerError};
