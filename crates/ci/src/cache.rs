@@ -16,9 +16,9 @@ pub fn key(snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Result<String,
     let mut text = format!("kiln-ci-cache-v1\nsnapshot {snapshot}\nsetup {setup}\n");
     for f in key_files {
         let bytes = std::fs::read(f).map_err(|e| CiError::Io(format!("--cache-key {}: {e}", f.display())))?;
-        text.push_str(&format!("file {} {}\n", f.display(), crate::run::sha256_hex(&bytes)));
+        text.push_str(&format!("file {} {}\n", f.display(), crate::digest::sha256_hex(&bytes)));
     }
-    Ok(crate::run::sha256_hex(text.as_bytes()))
+    Ok(crate::digest::sha256_hex(text.as_bytes()))
 }
 
 /// One cache entry's location.

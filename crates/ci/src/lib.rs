@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod cache;
+pub mod digest;
 pub mod glue;
 pub mod mask;
 pub mod run;

@@ -11,7 +11,6 @@ use kiln_provenance::BuildFacts;
 use kiln_core::{ExecRequest, Output, Sandbox, SandboxError, SandboxOptions};
 use kiln_image::Home;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::mask::Masker;
 use crate::source::{self, Source};
@@ -391,7 +390,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
             report
         });
     }
-    let reports = kiln_core::fork::futures_join_all(futs).await;
+    let reports = futures_util::future::join_all(futs).await;
     drop(sandboxes);
     for t in tunnels {
         t.abort();
@@ -439,11 +438,6 @@ fn tempdir_in(home: &Home) -> Result<Scratch, CiError> {
     let p = home.run().join(format!("ci-{}", kiln_core::random::hex(6)));
     kiln_core::cleanup::make_owned_dir(&p).map_err(|e| CiError::Io(format!("create {}: {e}", p.display())))?;
     Ok(Scratch(p))
-}
-
-/// Digest helper.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

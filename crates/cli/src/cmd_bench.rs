@@ -7,6 +7,7 @@ use kiln_core::{ExecRequest, Sandbox, SandboxError, SandboxOptions};
 use kiln_image::Home;
 use serde_json::json;
 
+use crate::bench_common::{ms, opts, print_table, progress, summary, Common};
 use crate::exit;
 use crate::smaps;
 
@@ -21,17 +22,6 @@ pub enum BenchCmd {
     Exec(ExecArgs),
     /// N sandboxes under exec and file load: throughput, latency vs one alone, memory, leaks.
     Load(crate::cmd_bench_load::LoadArgs),
-}
-
-/// Options shared by the benchmarks.
-#[derive(Debug, Args, Clone)]
-pub struct Common {
-    /// Template to measure.
-    #[arg(long, default_value = "tiny")]
-    pub(crate) template: String,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 /// `kiln bench create`.
@@ -67,32 +57,6 @@ pub struct ExecArgs {
     count: usize,
 }
 
-/// Nearest-rank percentile of sorted milliseconds.
-pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-pub(crate) fn summary(mut ms: Vec<f64>) -> serde_json::Value {
-    ms.sort_by(|a, b| a.total_cmp(b));
-    json!({ "n": ms.len(), "p50_ms": pct(&ms, 50.0), "p90_ms": pct(&ms, 90.0), "p99_ms": pct(&ms, 99.0), "min_ms": ms.first(), "max_ms": ms.last() })
-}
-
-pub(crate) fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-pub(crate) fn opts(template: &str) -> SandboxOptions {
-    SandboxOptions { template: template.into(), ..SandboxOptions::default() }
-}
-
-pub(crate) fn progress(m: &str) {
-    eprintln!("kiln: {m}");
-}
-
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCmd) -> i32 {
     let home = Home::from_env();
@@ -112,23 +76,6 @@ pub async fn run(cmd: BenchCmd) -> i32 {
             0
         }
         Err(e) => exit::report(&e),
-    }
-}
-
-pub(crate) fn print_table(v: &serde_json::Value) {
-    println!("{}", v["title"].as_str().unwrap_or(""));
-    if let Some(rows) = v["rows"].as_array() {
-        println!("  {:<34} {:>6} {:>10} {:>10} {:>10}", "", "n", "p50", "p90", "p99");
-        for r in rows {
-            let s = &v[r.as_str().unwrap_or("")];
-            let f = |k: &str| s[k].as_f64().map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into());
-            println!("  {:<34} {:>6} {:>10} {:>10} {:>10}", r.as_str().unwrap_or(""), s["n"], f("p50_ms"), f("p90_ms"), f("p99_ms"));
-        }
-    }
-    if let Some(lines) = v["summary"].as_array() {
-        for l in lines {
-            println!("  {}", l.as_str().unwrap_or(""));
-        }
     }
 }
 
@@ -284,17 +231,4 @@ async fn exec(home: &Home, a: &ExecArgs) -> Result<serde_json::Value, SandboxErr
         "ratio_guest_to_host_p50": ratio,
         "summary": [format!("guest exec p50 = {:.1} ms = {ratio:.1}x host spawn (target p50 <= 20 ms)", g["p50_ms"].as_f64().unwrap_or(f64::NAN))],
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(pct(&v, 50.0), 50.0);
-        assert_eq!(pct(&v, 99.0), 99.0);
-        assert_eq!(pct(&[7.0], 99.0), 7.0);
-    }
 }

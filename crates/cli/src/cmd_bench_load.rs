@@ -15,7 +15,7 @@ use kiln_core::{ExecRequest, Output, Sandbox, SandboxError};
 use kiln_image::Home;
 use serde_json::json;
 
-use crate::cmd_bench::{ms, opts, pct, print_table, progress, summary, Common};
+use crate::bench_common::{ms, opts, pct, print_table, progress, summary, Common};
 use crate::exit;
 
 /// Sandboxes created at once (creation is CPU-bound).

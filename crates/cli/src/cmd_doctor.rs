@@ -50,7 +50,7 @@ pub async fn run(a: DoctorArgs) -> i32 {
             r.ok("frozen RAM", "mapped read-only by clones (readonly=on,rom=off): no VMM can write the RAM later clones start from");
         }
         Ok((line, v)) => {
-            let why = kiln_vmm::qemu::old_qemu(v);
+            let why = kiln_vmm::version::old_qemu(v);
             if confined {
                 r.fail("qemu", format!("{line}: {why}"));
                 r.fail("frozen RAM", "would be opened read-write by every clone's VMM; kiln refuses to confine it");

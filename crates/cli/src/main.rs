@@ -2,6 +2,7 @@
 //! mapping errors to documented exit codes; the work is in the libraries.
 #![forbid(unsafe_code)]
 
+mod bench_common;
 mod cmd_bench;
 mod cmd_bench_load;
 mod cmd_ci;

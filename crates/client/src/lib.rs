@@ -14,9 +14,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod error;
 mod http;
 mod sse;
 mod types;
 
-pub use http::{Client, ClientError, Target};
+pub use error::ClientError;
+pub use http::{Client, Target};
 pub use types::*;

@@ -4,7 +4,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::http::ClientError;
+use crate::error::ClientError;
 use crate::types::{ExecEvent, ExecExit};
 
 /// Longest event accepted from the daemon.

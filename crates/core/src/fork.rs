@@ -10,7 +10,7 @@
 //! clones get identities of their own (hostname, machine id, RNG reseed, clock). The base folder
 //! is removed when the last sandbox resting on it is gone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,82 +20,14 @@ use kiln_vmm::{Driver, Qemu, QemuVm, VmError, VmSpec};
 
 use crate::agent::{Agent, AgentInfo};
 use crate::error::SandboxError;
-use crate::sandbox::{attach, CreateMode, CreateTimings, Sandbox};
+use crate::attach::attach;
+pub use crate::fork_base::{ForkBase, ForkTiming};
+use crate::fork_base::CheckpointSpec;
+use crate::sandbox::{CreateMode, CreateTimings, Sandbox};
 use crate::snapshot::create_overlay;
-
-/// Where the time of the last fork went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForkTiming {
-    /// From the start of the fork until every clone answered and had its identity.
-    pub clones_answering: Duration,
-    /// Until the parent was running again.
-    pub parent_back: Duration,
-}
 
 /// Most clones one fork may make.
 pub const MAX_FORK: usize = 64;
-
-/// A frozen fork base: `memory`, `state` and `disk.qcow2` in a folder of its own.
-#[derive(Debug)]
-pub struct ForkBase {
-    dir: PathBuf,
-    memory: PathBuf,
-    /// Removed when the last sandbox on it is gone (fork bases); kept (persisted checkpoints).
-    owned: bool,
-    /// The base this one's disk rests on (a sandbox forked twice).
-    _parent: Option<Arc<ForkBase>>,
-}
-
-impl ForkBase {
-    /// Its folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Its frozen RAM file.
-    pub fn memory(&self) -> &Path {
-        &self.memory
-    }
-}
-
-impl Drop for ForkBase {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            let _ = std::fs::remove_file(&self.memory);
-        }
-    }
-}
-
-/// Machine shape and command line of a persisted checkpoint (`spec.json`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct CheckpointSpec {
-    cmdline: String,
-    cpus: u32,
-    memory_mib: u32,
-}
-
-impl ForkBase {
-    /// Keeps this base beyond its sandboxes: hard links (or copies, across filesystems) of its
-    /// frozen files into `dir` (state, disk) and `memory` (RAM, in the tmpfs), plus `spec.json`.
-    /// The disk's backing chain (the template snapshot) must stay where it is.
-    pub fn persist(&self, like: &VmSpec, dir: &Path, memory: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let link = |from: &Path, to: &Path| -> std::io::Result<()> {
-            let _ = std::fs::remove_file(to);
-            std::fs::hard_link(from, to).or_else(|_| crate::sparse::copy(from, to).map(|_| ()))
-        };
-        link(&self.dir.join("state"), &dir.join("state"))?;
-        link(&self.dir.join("disk.qcow2"), &dir.join("disk.qcow2"))?;
-        link(&self.memory, memory)?;
-        // Copies (across file systems) are frozen like the originals; links already are.
-        for f in [dir.join("state"), dir.join("disk.qcow2"), memory.to_owned()] {
-            crate::snapshot::freeze(&f)?;
-        }
-        let spec = CheckpointSpec { cmdline: like.cmdline.clone(), cpus: like.cpus, memory_mib: like.memory_mib };
-        std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("json"))
-    }
-}
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
     move |source| SandboxError::Io { what, source }
@@ -245,7 +177,7 @@ impl Sandbox {
             restore_from(&base, &like, &run_dir, Memory::File { path: own.clone(), shared: true }, timeout).await
         };
         let (accel, artifacts, env, parent_id) = (self.accel, self.artifacts.clone(), self.env.clone(), self.id.clone());
-        let children = futures_join_all((0..count).map(|_| {
+        let children = futures_util::future::join_all((0..count).map(|_| {
             let (base, like, artifacts, env, parent_id) = (base.clone(), like.clone(), artifacts.clone(), env.clone(), parent_id.clone());
             async move {
                 let memory = Memory::File { path: base.memory.clone(), shared: false };
@@ -279,31 +211,4 @@ impl Sandbox {
         // A failed clone fails the fork; the clones that did start are dropped, and so killed.
         children.into_iter().collect()
     }
-}
-
-/// Runs futures concurrently (on this task; they may borrow) and collects their outputs in order.
-pub async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("all ready")).collect()
 }

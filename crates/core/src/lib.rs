@@ -5,12 +5,14 @@
 pub mod accel;
 pub mod agent;
 pub mod artifacts;
+mod attach;
 pub mod cleanup;
 pub mod copy;
 pub mod error;
 pub mod exec;
 pub mod files;
 pub mod fork;
+pub mod fork_base;
 pub mod random;
 pub mod sandbox;
 pub mod snapshot;

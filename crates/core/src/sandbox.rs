@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kiln_image::{Home, Progress};
 use kiln_proto::Identity;
 use kiln_vmm::driver::Memory;
-use kiln_vmm::spawn::ExitWatch;
-use kiln_vmm::{Accel, AccelChoice, AgentChannel, Driver, Qemu, QemuVm, Vm, VmError, VmSpec};
+use kiln_vmm::{Accel, AccelChoice, Driver, Qemu, QemuVm, Vm, VmError, VmSpec};
 
 use crate::agent::{Agent, AgentInfo};
+pub use crate::attach::guest_fate;
+use crate::attach::{attach, Attached};
 use crate::artifacts::{prepare, BootArtifacts};
 use crate::error::SandboxError;
 use crate::exec::{ExecOutcome, ExecRequest, Output};
@@ -95,9 +96,9 @@ pub struct Sandbox {
     pub(crate) machine_id: String,
     pub(crate) env: Vec<(String, String)>,
     /// The fork snapshot this sandbox's disk (and, for clones, memory) rests on.
-    pub(crate) base: Option<Arc<crate::fork::ForkBase>>,
+    pub(crate) base: Option<Arc<crate::fork_base::ForkBase>>,
     /// Timing of the last fork of this sandbox.
-    pub(crate) fork_timing: Option<crate::fork::ForkTiming>,
+    pub(crate) fork_timing: Option<crate::fork_base::ForkTiming>,
 }
 
 fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
@@ -141,7 +142,7 @@ impl Sandbox {
         artifacts: BootArtifacts,
         mode: CreateMode,
         env: Vec<(String, String)>,
-        base: Option<Arc<crate::fork::ForkBase>>,
+        base: Option<Arc<crate::fork_base::ForkBase>>,
     ) -> Sandbox {
         Sandbox {
             id,
@@ -463,52 +464,4 @@ pub async fn ensure_snapshot(
             snapshot::bake(home, artifacts, &expected, boot_timeout, progress).await
         }
     }
-}
-/// What the guest kernel's last words on the console say happened to it, if anything.
-pub fn guest_fate(console: &str) -> Option<&'static str> {
-    [
-        ("Kernel panic", "the guest kernel panicked"),
-        ("reboot: System halted", "the guest halted"),
-        ("reboot: Power down", "the guest powered off"),
-        ("reboot: Restarting system", "the guest rebooted"),
-    ]
-    .iter()
-    .find(|(needle, _)| console.contains(needle))
-    .map(|(_, fate)| *fate)
-}
-
-/// Connects to a just-started VM's agent, waits for its hello, and starts a watchdog that
-/// notices when the VMM dies. On failure the VM is killed (by dropping it).
-/// What [`attach`] yields: the agent, what it said of itself, and the watchdog's "died" slot.
-pub(crate) type Attached = (Agent, AgentInfo, Arc<Mutex<Option<String>>>);
-
-pub(crate) async fn attach(vm: &QemuVm, timeout: Duration) -> Result<Attached, SandboxError> {
-    let died = Arc::new(Mutex::new(None));
-    let watch = ExitWatch::new(vm.pid()).map_err(|source| SandboxError::Io { what: "watch the VM process".into(), source })?;
-    let channel = AgentChannel::connect(&vm.control_socket(), Duration::from_secs(10)).await?;
-    {
-        let died = died.clone();
-        let ch = channel.clone();
-        let console = vm.console_log();
-        tokio::spawn(async move {
-            watch.exited().await;
-            let tail = kiln_vmm::driver::console_tail(&console);
-            *died.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail);
-            ch.poison("the VM exited");
-        });
-    }
-    let agent = Agent::new(channel);
-    let hello = tokio::time::timeout(timeout, agent.hello()).await;
-    let info = match hello {
-        Ok(Ok(info)) => info,
-        Ok(Err(e)) => {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Some(console) = died.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                return Err(SandboxError::Died { status: "during boot".into(), console });
-            }
-            return Err(e);
-        }
-        Err(_) => return Err(SandboxError::BootTimeout { secs: timeout.as_secs(), console: vm.console_tail() }),
-    };
-    Ok((agent, info, died))
 }

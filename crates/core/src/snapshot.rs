@@ -489,7 +489,7 @@ async fn bake_into(
         incoming: false,
     };
     let mut vm = Qemu::default().launch(spec)?;
-    let (agent, _info, _died) = crate::sandbox::attach(&vm, boot_timeout).await?;
+    let (agent, _info, _died) = crate::attach::attach(&vm, boot_timeout).await?;
     // Flush the guest's dirty pages now, or every clone would inherit and rewrite them.
     agent.sync().await?;
     vm.pause().await?;

@@ -13,6 +13,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod meta;
 pub mod openapi;
+pub mod route;
 pub mod routes;
 pub mod sandboxes;
 pub mod templates;

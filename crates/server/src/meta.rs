@@ -1,4 +1,4 @@
-//! Health, metrics, the OpenAPI document, and the answer for unknown routes.
+//! Health, metrics, and the answer for unknown routes.
 
 use axum::extract::State;
 use axum::http::{header, Uri};
@@ -17,11 +17,6 @@ pub async fn healthz() -> impl IntoResponse {
 /// `GET /metrics`.
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.manager.metrics_text())
-}
-
-/// `GET /openapi.json`.
-pub async fn openapi() -> impl IntoResponse {
-    Json(crate::openapi::document())
 }
 
 /// Any other path.

@@ -5,24 +5,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
-use crate::{auth, ci, exec, files, meta, sandboxes, templates, AppState};
-
-/// One route.
-#[derive(Debug, Clone, Copy)]
-pub struct Route {
-    /// HTTP method (upper case).
-    pub method: &'static str,
-    /// Path with `{param}` placeholders.
-    pub path: &'static str,
-    /// OpenAPI operationId.
-    pub op: &'static str,
-    /// One line for the document.
-    pub summary: &'static str,
-}
-
-const fn r(method: &'static str, path: &'static str, op: &'static str, summary: &'static str) -> Route {
-    Route { method, path, op, summary }
-}
+use crate::route::{r, Route};
+use crate::{auth, ci, exec, files, meta, openapi, sandboxes, templates, AppState};
 
 /// Every route of the API.
 pub const ROUTES: &[Route] = &[
@@ -57,7 +41,7 @@ fn handler(op: &str) -> MethodRouter<AppState> {
     match op {
         "healthz" => get(meta::healthz),
         "metrics" => get(meta::metrics),
-        "openapi" => get(meta::openapi),
+        "openapi" => get(|| async { axum::Json(openapi::document(ROUTES)) }),
         "listTemplates" => get(templates::list),
         "buildTemplate" => post(templates::build),
         "bakeTemplate" => post(templates::bake),

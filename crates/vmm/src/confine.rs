@@ -174,12 +174,12 @@ impl Confinement {
         if let Err(e) = namespaces_work() {
             problems.push(e);
         }
-        let binary = crate::qemu::Qemu::binary_from_env();
+        let binary = crate::version::binary_from_env();
         if let Err(e) = qemu_has_seccomp(&binary) {
             problems.push(e);
         }
         match crate::version::of(&binary) {
-            Ok(v) if !v.version.maps_frozen_ram_readonly() => problems.push(crate::qemu::old_qemu(v.version)),
+            Ok(v) if !v.version.maps_frozen_ram_readonly() => problems.push(crate::version::old_qemu(v.version)),
             Ok(_) => {}
             Err(e) => problems.push(e.to_string()),
         }

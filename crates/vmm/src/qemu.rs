@@ -15,7 +15,6 @@ use crate::driver::{Driver, Memory, Vm, VmSpec};
 use crate::error::VmError;
 use crate::qmp::Qmp;
 use crate::spawn::{spawn_supervised, ExitWatch};
-use crate::version::QemuVersion;
 
 /// The QEMU driver.
 #[derive(Debug, Clone)]
@@ -29,23 +28,18 @@ pub struct Qemu {
 
 impl Default for Qemu {
     fn default() -> Self {
-        Qemu { binary: Self::binary_from_env(), confine: crate::confine::for_launch() }
+        Qemu { binary: crate::version::binary_from_env(), confine: crate::confine::for_launch() }
     }
 }
 
 impl Qemu {
-    /// `KILN_QEMU`, or `qemu-system-x86_64`.
-    pub fn binary_from_env() -> PathBuf {
-        std::env::var_os("KILN_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into())
-    }
-
     /// `qemu-system-x86_64 --version`, first line (e.g. "QEMU emulator version 10.0.2 ...").
     pub fn version(&self) -> Result<String, VmError> {
         Ok(crate::version::of(&self.binary)?.line)
     }
 
     /// The release number of this QEMU (asked once per process).
-    pub fn release(&self) -> Result<QemuVersion, VmError> {
+    pub fn release(&self) -> Result<crate::version::QemuVersion, VmError> {
         Ok(crate::version::of(&self.binary)?.version)
     }
 
@@ -110,7 +104,7 @@ impl Driver for Qemu {
         let release = self.release()?;
         let readonly_ram = release.maps_frozen_ram_readonly();
         if confine.is_some() && !readonly_ram && matches!(spec.memory, Memory::File { shared: false, .. }) {
-            return Err(VmError::Unsupported(old_qemu(release)));
+            return Err(VmError::Unsupported(crate::version::old_qemu(release)));
         }
         std::fs::create_dir_all(&spec.run_dir).map_err(VmError::io("create run folder", &spec.run_dir))?;
         let stderr_path = spec.run_dir.join("qemu.stderr");
@@ -140,15 +134,6 @@ impl Driver for Qemu {
         let watch = ExitWatch::new(child.id()).map_err(VmError::io("pidfd_open", &spec.run_dir))?;
         Ok(QemuVm { child: Some(child), watch, run_dir: spec.run_dir, qmp: None, status: None, cgroup })
     }
-}
-
-/// Why a confined VMM cannot run on `release`.
-pub fn old_qemu(release: QemuVersion) -> String {
-    format!(
-        "QEMU {release} cannot map a frozen RAM file read-only (that takes QEMU {}), so a confined VMM could write the RAM later clones start from; install qemu-system-x86 >= {} (`make deps` takes it from bookworm-backports on Debian 12)",
-        QemuVersion::READONLY_RAM,
-        QemuVersion::READONLY_RAM
-    )
 }
 
 /// A running QEMU process.

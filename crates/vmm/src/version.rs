@@ -1,4 +1,5 @@
-//! Which QEMU this is, asked once per binary, and what that version can do.
+//! Which QEMU: its binary (`KILN_QEMU`), its version (asked once per binary), and what that
+//! version can do.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,20 @@ impl std::fmt::Display for QemuVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
     }
+}
+
+/// `KILN_QEMU`, or `qemu-system-x86_64`.
+pub fn binary_from_env() -> PathBuf {
+    std::env::var_os("KILN_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into())
+}
+
+/// Why a confined VMM cannot run on `release`.
+pub fn old_qemu(release: QemuVersion) -> String {
+    format!(
+        "QEMU {release} cannot map a frozen RAM file read-only (that takes QEMU {}), so a confined VMM could write the RAM later clones start from; install qemu-system-x86 >= {} (`make deps` takes it from bookworm-backports on Debian 12)",
+        QemuVersion::READONLY_RAM,
+        QemuVersion::READONLY_RAM
+    )
 }
 
 /// What `BINARY --version` said: its first line and the number in it.
