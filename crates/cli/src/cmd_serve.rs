@@ -75,14 +75,13 @@ pub async fn run(a: ServeArgs) -> i32 {
     let _reaper = manager.spawn_reaper(Duration::from_millis(500));
     let socket = a.socket.unwrap_or_else(|| home.root().join("kiln.sock"));
     let _ = std::fs::remove_file(&socket); // stale: the lock says no daemon owns it
-    let unix = match tokio::net::UnixListener::bind(&socket) {
+    let unix = match bind_owner_only(&socket) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("kiln: cannot listen on {}: {e}", socket.display());
             return exit::KILN_FAILED;
         }
     };
-    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
     eprintln!("kiln: serving on unix://{}", socket.display());
     let local = kiln_server::app(AppState { manager: manager.clone(), require_token: false });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -129,3 +128,23 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
 }
+
+/// Listens on `socket`, which is the owner's admin door: bound inside a fresh owner-only
+/// folder beside it, made 0600, and only then renamed into place, so that no one else can
+/// connect in between.
+fn bind_owner_only(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = socket.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let private = parent.join(format!(".kiln.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inner = private.join("s");
+    let bound = tokio::net::UnixListener::bind(&inner).and_then(|l| {
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, socket)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+

@@ -30,6 +30,13 @@ impl Daemon {
         }
         let child = c.spawn().expect("start kiln serve");
         assert!(wait_until(Duration::from_secs(20), || socket.exists()), "daemon did not listen");
+        // The owner's admin door: 0600 from the moment it exists under its name, and the kiln
+        // database beside it owner-only too.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::symlink_metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+        if let Ok(m) = std::fs::metadata(socket.with_file_name("kiln.db")) {
+            assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        }
         Daemon { child, client: Client::new(Target::Unix(socket), None) }
     }
 

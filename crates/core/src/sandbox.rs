@@ -115,7 +115,7 @@ fn check_shape(cpus: u32, memory_mib: u32) -> Result<(), SandboxError> {
 /// The path of a forkable sandbox's own RAM file (in the home's tmpfs folder), named with the
 /// owning process's pid so that a sweep can tell an orphan (see [`crate::cleanup`]).
 pub(crate) fn own_memory(home: &Home, id: &str) -> Result<PathBuf, SandboxError> {
-    std::fs::create_dir_all(home.shm()).map_err(|source| SandboxError::Io { what: format!("create {}", home.shm().display()), source })?;
+    home.ensure_shm().map_err(|source| SandboxError::Io { what: format!("prepare {}", home.shm().display()), source })?;
     Ok(home.shm().join(format!("{id}.{}.memory", std::process::id())))
 }
 

@@ -341,7 +341,7 @@ pub async fn bake(
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_file(&tmp_mem);
     std::fs::create_dir_all(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-    std::fs::create_dir_all(home.shm()).map_err(io(format!("create {}", home.shm().display())))?;
+    home.ensure_shm().map_err(io(format!("create {}", home.shm().display())))?;
     let need = u64::from(expected.memory_mib) << 20;
     if let Some(free) = free_bytes(home.shm()).filter(|f| *f < need) {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -72,6 +72,10 @@ async fn the_vmm_runs_confined() {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let fsize = limits.lines().find(|l| l.starts_with("Max file size")).unwrap().to_owned();
     assert!(fsize.contains(&((64u64 << 20) + kiln_vmm::confine::FILE_SLACK).to_string()), "{fsize}");
+    // No core dumps (they would hold guest RAM).
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap().to_owned();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    assert_eq!(core.split_whitespace().nth(5), Some("0"), "{core}");
     // The snapshot it was restored from is root's, not a (reusable) VMM uid's.
     let kiln_core::sandbox::CreateMode::Restored(snap) = sbx.mode() else { panic!("not restored") };
     let meta = std::fs::metadata(th.home.snapshots().join(snap).join("disk.qcow2")).unwrap();

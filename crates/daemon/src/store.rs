@@ -12,8 +12,20 @@ use crate::lifecycle::State;
 
 /// Failure of the state store.
 #[derive(Debug, thiserror::Error)]
-#[error("state database: {0}")]
-pub struct StoreError(#[from] rusqlite::Error);
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be created owner-only.
+    #[error("state database {path}: {source}")]
+    File {
+        /// Which file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -111,6 +123,14 @@ const COLUMNS: &str = "id, template, state, created_at, deadline, cpus, memory_m
 impl Store {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
+        // It holds exec command lines and the audit log: owner-only, created so (not chmod-ed
+        // after), never through a link. SQLite gives its journal files the database's mode.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = |source| StoreError::File { path: path.display().to_string(), source };
+            let f = std::fs::OpenOptions::new().read(true).append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path).map_err(file)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(file)?;
+        }
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
@@ -244,6 +264,26 @@ fn token_hash(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_and_its_journal_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kiln.db");
+        // Even a file left world-readable by an older kiln.
+        std::fs::write(&p, b"").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&p).unwrap();
+        s.put_sandbox(&rec("a", State::Running)).unwrap();
+        for f in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+            let m = std::fs::metadata(d.path().join(f)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+        // Never through a link.
+        let link = d.path().join("link.db");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(matches!(Store::open(&link), Err(StoreError::File { .. })));
+    }
 
     fn rec(id: &str, state: State) -> SandboxRecord {
         SandboxRecord {

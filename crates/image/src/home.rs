@@ -77,6 +77,35 @@ impl Home {
         &self.shm
     }
 
+    /// [`Home::shm`], created owner-only, or checked when it is there: a real folder (not a
+    /// link) of this user's, closed to others. Its name is predictable and `/dev/shm` is
+    /// world-writable, so a folder planted there by someone else would receive guest RAM, and
+    /// the secrets in it.
+    pub fn ensure_shm(&self) -> std::io::Result<&Path> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        if let Some(parent) = self.shm.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.shm) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let m = std::fs::symlink_metadata(&self.shm)?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !m.file_type().is_dir() || m.uid() != me {
+            let what = if m.file_type().is_symlink() { "a symbolic link" } else if m.file_type().is_dir() { "a folder" } else { "a file" };
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is {what} of uid {}, not kiln's own folder (uid {me}); someone else may have made it: remove it, or set KILN_SHM_DIR", self.shm.display(), m.uid()),
+            ));
+        }
+        if m.mode() & 0o077 != 0 {
+            std::fs::set_permissions(&self.shm, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(&self.shm)
+    }
+
     /// Per-VM run folders.
     pub fn run(&self) -> &Path {
         &self.run
@@ -87,4 +116,39 @@ fn default_shm(root: &Path) -> PathBuf {
     use sha2::Digest as _;
     let d = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
     PathBuf::from(format!("/dev/shm/kiln-{}", &hex::encode(d)[..12]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_ram_folder_is_kilns_own_and_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let shm = d.path().join("shm");
+        let home = Home::at(d.path(), d.path().join("run")).with_shm(&shm);
+        home.ensure_shm().unwrap();
+        assert_eq!(std::fs::metadata(&shm).unwrap().permissions().mode() & 0o777, 0o700);
+        // Left open by an older kiln: closed again.
+        std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        home.ensure_shm().unwrap();
+        assert_eq!(std::fs::metadata(&shm).unwrap().permissions().mode() & 0o777, 0o700);
+        // A link planted where the folder would be: refused.
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let planted = d.path().join("planted");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        let err = Home::at(d.path(), d.path().join("run")).with_shm(&planted).ensure_shm().unwrap_err();
+        assert!(err.to_string().contains("a symbolic link"), "{err}");
+        // Someone else's folder (as root, a test can make one): refused.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = d.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(12345), Some(12345)).unwrap();
+            let err = Home::at(d.path(), d.path().join("run")).with_shm(&theirs).ensure_shm().unwrap_err();
+            assert!(err.to_string().contains("uid 12345"), "{err}");
+        }
+    }
 }

@@ -260,12 +260,26 @@ impl Layout {
         let mut removed = 0;
         for dir in self.list(ops) {
             let owner = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmm-")).and_then(|n| n.split('-').next()).and_then(|p| p.parse().ok());
-            if owner.is_some_and(|pid| !alive(pid)) && ops.rmdir(&dir).is_ok() {
+            if owner.is_some_and(|pid| !alive(pid)) && rmdir_when_empty(ops, &dir) {
                 removed += 1;
             }
         }
         removed
     }
+}
+
+/// Removes a dead owner's cgroup. Its VMMs were killed with their owner, but the last of them
+/// may still be exiting (a large address space takes a while to tear down): the group stays
+/// busy until then, so wait up to 2 s for it.
+fn rmdir_when_empty(ops: &dyn HostOps, dir: &Path) -> bool {
+    for _ in 0..200 {
+        match ops.rmdir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// The cgroup name of a VMM started by this process for run folder `run_dir`.

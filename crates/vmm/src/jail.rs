@@ -273,6 +273,9 @@ impl Prepared {
             check(chdir(self.cwd.as_ptr()), b"chdir to the run folder")?;
             let lim = rlimit { rlim_cur: self.max_file_bytes, rlim_max: self.max_file_bytes };
             check(setrlimit(RLIMIT_FSIZE, &lim), b"setrlimit")?;
+            // No core dump: it would hold guest RAM, and the secrets in it.
+            let none = rlimit { rlim_cur: 0, rlim_max: 0 };
+            check(setrlimit(RLIMIT_CORE, &none), b"setrlimit core")?;
             // Past the limit writes fail with EFBIG instead of killing the VMM.
             signal(SIGXFSZ, SIG_IGN);
             check(setgroups(self.groups.len(), self.groups.as_ptr()), b"setgroups")?;

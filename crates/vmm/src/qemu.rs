@@ -50,8 +50,10 @@ impl Qemu {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| (*s).to_owned()));
         let machine = match &spec.memory {
-            Memory::Anonymous => "microvm,x-option-roms=off,isa-serial=on,rtc=on".to_owned(),
-            Memory::File { .. } => "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem".to_owned(),
+            // dump-guest-core=off: a VMM crash dump never carries guest RAM (the jail also sets
+            // RLIMIT_CORE to 0).
+            Memory::Anonymous => "microvm,x-option-roms=off,isa-serial=on,rtc=on,dump-guest-core=off".to_owned(),
+            Memory::File { .. } => "microvm,x-option-roms=off,isa-serial=on,rtc=on,dump-guest-core=off,memory-backend=mem".to_owned(),
         };
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
         // qboot, which loads the kernel itself (no option ROMs). QEMU 7.2 also names it
@@ -284,7 +286,7 @@ mod tests {
         assert!(!a.contains("-sandbox"), "{a}");
         assert!(a.contains("-bios qboot.rom"), "{a}");
         assert!(Qemu::args(&spec(), true, true).join(" ").contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
-        assert!(a.contains("-M microvm,"), "{a}");
+        assert!(a.contains("-M microvm,") && a.contains("dump-guest-core=off"), "{a}");
         assert!(a.contains("-accel tcg"), "{a}");
         assert!(a.contains("-smp 2 -m 256M"), "{a}");
         assert!(a.contains("virtserialport,chardev=ctl,name=kiln "), "{a}");
