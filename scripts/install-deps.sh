@@ -13,7 +13,7 @@
 set -eu
 
 QEMU_MIN=8.2
-# name:package pairs of the QEMU packages, which must all be the candidate version.
+# The QEMU packages: each must be installed at its candidate version (the same for both).
 QEMU_PKGS="qemu-system-x86 qemu-utils"
 # The firmware and data that the backported QEMU needs from the same suite.
 QEMU_PIN="qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra seabios"

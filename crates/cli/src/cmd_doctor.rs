@@ -44,7 +44,7 @@ pub async fn run(a: DoctorArgs) -> i32 {
     println!("kiln doctor (home {}, run folders {})", home.root().display(), home.run().display());
     let confined = matches!(kiln_vmm::confine::Policy::from_env(), Ok(kiln_vmm::confine::Policy::Required));
     let qemu = Qemu::default();
-    match qemu.version().and_then(|line| Ok((line, qemu.release()?))) {
+    match kiln_vmm::version::of(&qemu.binary).map(|v| (v.line, v.version)) {
         Ok((line, v)) if v.maps_frozen_ram_readonly() => {
             r.ok("qemu", format!("{line} ({})", qemu.binary.display()));
             r.ok("frozen RAM", "mapped read-only by clones (readonly=on,rom=off): no VMM can write the RAM later clones start from");

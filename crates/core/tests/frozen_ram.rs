@@ -2,7 +2,8 @@
 //! (the CI setup cache) are root's and read-only, and the clones' QEMUs open them read-only
 //! (`readonly=on,rom=off`) and map them private.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,16 +48,21 @@ fn assert_frozen_for(sbx: &Sandbox, kind: &str) -> PathBuf {
     // The VMM runs as a uid and group of its own, and cannot open the file for writing.
     let (uid, gid) = ids_of(pid);
     assert!(uid != 0 && gid != 0, "{kind}: VMM runs as {uid}:{gid}");
-    let st = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg("exec 3>>\"$0\"")
-        .arg(&ram)
-        .stderr(std::process::Stdio::null())
-        .uid(uid)
-        .gid(gid)
-        .status()
-        .unwrap();
-    assert!(!st.success(), "{kind}: uid {uid} gid {gid} could open {} for writing", ram.display());
+    // Through an O_PATH descriptor reopened as /proc/self/fd/3, only the file's own mode is
+    // checked (not the folders above it): the VMM's uid may read it, and may not write it.
+    let path_fd = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(&ram).unwrap();
+    let raw = path_fd.as_raw_fd();
+    let opens = |redirect: &str| {
+        let mut c = std::process::Command::new("/bin/sh");
+        c.arg("-c").arg(format!("exec 4{redirect}/proc/self/fd/3")).stderr(std::process::Stdio::null()).uid(uid).gid(gid);
+        // SAFETY: dup2 is async-signal-safe and touches only descriptors of the child.
+        unsafe {
+            c.pre_exec(move || if libc::dup2(raw, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        c.status().unwrap().success()
+    };
+    assert!(opens("<"), "{kind}: uid {uid} cannot even read {}, so the write check below would prove nothing", ram.display());
+    assert!(!opens(">>"), "{kind}: uid {uid} gid {gid} could open {} for writing", ram.display());
     // Every descriptor the VMM holds on it is read-only.
     let mut fds = 0;
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {

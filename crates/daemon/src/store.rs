@@ -125,11 +125,18 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         // It holds exec command lines and the audit log: owner-only, created so (not chmod-ed
         // after), never through a link. SQLite gives its journal files the database's mode.
-        {
+        // Journals an older kiln left world-readable are closed too.
+        for (suffix, create) in [("", true), ("-wal", false), ("-shm", false)] {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let file = |source| StoreError::File { path: path.display().to_string(), source };
-            let f = std::fs::OpenOptions::new().read(true).append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path).map_err(file)?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(file)?;
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = |source| StoreError::File { path: std::path::Path::new(&name).display().to_string(), source };
+            let opened = std::fs::OpenOptions::new().read(true).append(true).create(create).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(&name);
+            match opened {
+                Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(file)?,
+                Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file(e)),
+            }
         }
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -270,9 +277,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("kiln.db");
-        // Even a file left world-readable by an older kiln.
-        std::fs::write(&p, b"").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Even a file and a journal left world-readable by an older kiln.
+        for f in ["kiln.db", "kiln.db-wal"] {
+            std::fs::write(d.path().join(f), b"").unwrap();
+            std::fs::set_permissions(d.path().join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
         let s = Store::open(&p).unwrap();
         s.put_sandbox(&rec("a", State::Running)).unwrap();
         for f in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {

@@ -268,14 +268,19 @@ impl Layout {
     }
 }
 
-/// Removes a dead owner's cgroup. Its VMMs were killed with their owner, but the last of them
-/// may still be exiting (a large address space takes a while to tear down): the group stays
-/// busy until then, so wait up to 2 s for it.
+/// Removes a dead owner's cgroup. Its VMMs should have died with their owner; any still in it
+/// (one still tearing down its address space, or one that escaped its death signal) is
+/// killed, and the group removed once it is empty (up to 2 s).
 fn rmdir_when_empty(ops: &dyn HostOps, dir: &Path) -> bool {
     for _ in 0..200 {
         match ops.rmdir(dir) {
             Ok(()) => return true,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                for pid in ops.read(&dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()) {
+                    let _ = ops.kill(pid);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             Err(_) => return false,
         }
     }
@@ -368,7 +373,11 @@ mod tests {
         // Sweep removes the groups of dead owners only.
         l.create(&ops, "vmm-8-a", CgroupLimits { cpus: 1, memory_bytes: 5000, pids: 9 }).unwrap();
         assert_eq!(l.list(&ops).len(), 6);
+        // A process left in a dead owner's group is killed, and the group goes.
+        ops.write(std::path::Path::new("/p/kiln/vmm-7-a/cgroup.procs"), "4242\n").unwrap();
         assert_eq!(l.sweep(&ops, |pid| pid == 8), 3);
-        assert!(ops.has_dir("/m/kiln/vmm-8-a") && !ops.has_dir("/m/kiln/vmm-7-a"));
+        assert!(ops.has_dir("/m/kiln/vmm-8-a") && !ops.has_dir("/m/kiln/vmm-7-a") && !ops.has_dir("/p/kiln/vmm-7-a"));
+        assert!(ops.log().contains(&"kill 4242".to_owned()), "{:?}", ops.log());
+        assert!(!ops.log().iter().any(|l| l.starts_with("kill") && l != "kill 4242"), "{:?}", ops.log());
     }
 }

@@ -24,6 +24,8 @@ pub trait HostOps: Send + Sync + Debug {
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Changes a file's mode.
     fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Sends SIGKILL to a process.
+    fn kill(&self, pid: u32) -> io::Result<()>;
 }
 
 /// The real host.
@@ -63,6 +65,15 @@ impl HostOps for RealHost {
     }
     fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    }
+    fn kill(&self, pid: u32) -> io::Result<()> {
+        let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        // SAFETY: kill has no memory preconditions.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 
@@ -168,6 +179,15 @@ impl HostOps for FakeHost {
     }
     fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
         self.state.lock().expect("fake lock").log.push(format!("chmod {} {mode:o}", path.display()));
+        Ok(())
+    }
+    fn kill(&self, pid: u32) -> io::Result<()> {
+        // The process leaves every group it was in.
+        let mut s = self.state.lock().expect("fake lock");
+        s.log.push(format!("kill {pid}"));
+        for (_, text) in s.files.iter_mut().filter(|(f, _)| f.ends_with("cgroup.procs")) {
+            *text = text.lines().filter(|l| l.trim() != pid.to_string()).map(|l| format!("{l}\n")).collect();
+        }
         Ok(())
     }
 }
