@@ -201,7 +201,7 @@ async fn exec(home: &Home, a: &ExecArgs) -> Result<serde_json::Value, SandboxErr
         guest.push(ms(t.elapsed()));
         in_guest.push(ms(o.duration));
         if o.exit_code() != 0 {
-            return Err(SandboxError::Protocol("`true` failed in the guest".into()));
+            return Err(SandboxError::Unexpected("`true` failed in the guest".into()));
         }
     }
     let mut ping = Vec::new();

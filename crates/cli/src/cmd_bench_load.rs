@@ -180,7 +180,7 @@ async fn drive(i: usize, s: Arc<Sandbox>, t0: Instant, deadline: Instant) -> Tal
 /// p50 of exec `true` and of a file cycle on one sandbox alone.
 async fn baseline(home: &Home, template: &str) -> Result<(Vec<f64>, Vec<f64>), SandboxError> {
     let s = Sandbox::create(home, &opts(template), &progress).await?;
-    let bad = |e: String| SandboxError::Protocol(format!("baseline: {e}"));
+    let bad = |e: String| SandboxError::Unexpected(format!("baseline: {e}"));
     for _ in 0..3 {
         s.exec(ExecRequest::argv(["true"]), |_| {}).await?;
     }

@@ -1,7 +1,6 @@
 //! Exit codes and how errors map onto them (documented in `kiln --help`).
 
-use kiln_core::SandboxError;
-use kiln_proto::ErrorKind;
+use kiln_core::{Fault, SandboxError};
 
 /// Bad usage or input.
 pub const USAGE: i32 = 2;
@@ -16,26 +15,16 @@ pub const INTERRUPTED: i32 = 130;
 
 /// Prints `kiln: <error>` (with its causes) and returns the exit code for it.
 pub fn report(e: &SandboxError) -> i32 {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        src = s.source();
-    }
-    eprintln!("kiln: {msg}");
+    eprintln!("kiln: {}", e.with_causes());
     code_for(e)
 }
 
 /// The exit code for an error.
 pub fn code_for(e: &SandboxError) -> i32 {
-    match e {
-        SandboxError::Guest { kind: ErrorKind::NotFound, .. } => NOT_FOUND,
-        SandboxError::Guest { kind: ErrorKind::PermissionDenied, .. } => NOT_EXECUTABLE,
-        e if e.is_user_error() => USAGE,
+    match e.fault() {
+        Fault::GuestNotFound => NOT_FOUND,
+        Fault::GuestDenied => NOT_EXECUTABLE,
+        f if f.is_user_error() => USAGE,
         _ => KILN_FAILED,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kiln_image::Home;
 use kiln_vmm::accel::kvm_device_usable;
 use kiln_vmm::driver::Memory;
-use kiln_vmm::{Accel, AccelChoice, AgentChannel, Driver, Qemu, Vm, VmSpec};
+use kiln_vmm::{default_driver, Accel, AccelChoice, AgentChannel, VmError, VmSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
@@ -46,7 +46,7 @@ pub async fn resolve(home: &Home, choice: AccelChoice) -> Result<(Accel, String)
             if let Err(e) = kvm_device_usable() {
                 return Ok((Accel::Tcg, format!("auto: {e}")));
             }
-            let qemu = Qemu::default().version()?;
+            let qemu = default_driver().version()?;
             let path = record_path(home);
             if let Some(r) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<ProbeRecord>(&b).ok()) {
                 if r.host_kernel == host_kernel() && r.qemu == qemu {
@@ -87,13 +87,13 @@ async fn probe_kvm(home: &Home) -> Result<(), SandboxError> {
         memory: Memory::Anonymous,
         incoming: false,
     };
-    let vm = Qemu::default().launch(spec)?;
+    let vm = default_driver().launch(spec)?;
     let result = tokio::time::timeout(PROBE_TIMEOUT, async {
         let ch = AgentChannel::connect(&vm.control_socket(), Duration::from_secs(5)).await?;
         let agent = Agent::new(ch);
         tokio::select! {
             r = agent.hello() => r.map(|_| ()),
-            _ = vm.exited() => Err(SandboxError::Protocol("QEMU exited".into())),
+            _ = vm.exited() => Err(VmError::Exited { status: "during the KVM probe".into(), console: vm.console_tail() }.into()),
         }
     })
     .await;

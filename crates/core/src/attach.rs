@@ -4,8 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_vmm::spawn::ExitWatch;
-use kiln_vmm::{AgentChannel, QemuVm, Vm};
+use kiln_vmm::{AgentChannel, Vm};
 
 use crate::agent::{Agent, AgentInfo};
 use crate::error::SandboxError;
@@ -28,16 +27,16 @@ pub fn guest_fate(console: &str) -> Option<&'static str> {
 /// What [`attach`] yields: the agent, what it said of itself, and the watchdog's "died" slot.
 pub(crate) type Attached = (Agent, AgentInfo, Arc<Mutex<Option<String>>>);
 
-pub(crate) async fn attach(vm: &QemuVm, timeout: Duration) -> Result<Attached, SandboxError> {
+pub(crate) async fn attach(vm: &dyn Vm, timeout: Duration) -> Result<Attached, SandboxError> {
     let died = Arc::new(Mutex::new(None));
-    let watch = ExitWatch::new(vm.pid()).map_err(|source| SandboxError::Io { what: "watch the VM process".into(), source })?;
+    let exited = vm.exit_watch()?;
     let channel = AgentChannel::connect(&vm.control_socket(), Duration::from_secs(10)).await?;
     {
         let died = died.clone();
         let ch = channel.clone();
         let console = vm.console_log();
         tokio::spawn(async move {
-            watch.exited().await;
+            exited.await;
             let tail = kiln_vmm::driver::console_tail(&console);
             *died.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail);
             ch.poison("the VM exited");

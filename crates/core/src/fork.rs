@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kiln_image::Home;
 use kiln_vmm::driver::Memory;
-use kiln_vmm::{Driver, Qemu, QemuVm, VmError, VmSpec};
+use kiln_vmm::{default_driver, Vm, VmError, VmSpec};
 
 use crate::agent::{Agent, AgentInfo};
 use crate::error::SandboxError;
@@ -33,7 +33,7 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
     move |source| SandboxError::Io { what, source }
 }
 
-type Restored = (QemuVm, Agent, AgentInfo, Arc<Mutex<Option<String>>>, VmSpec, Duration);
+type Restored = (Box<dyn Vm>, Agent, AgentInfo, Arc<Mutex<Option<String>>>, VmSpec, Duration);
 
 /// Restores from `base` into a new run folder (removed again on failure).
 async fn restore_new(home: &Home, base: &ForkBase, like: &VmSpec, memory: Memory, timeout: Duration) -> Result<(String, Restored), SandboxError> {
@@ -54,17 +54,17 @@ async fn restore_from(base: &ForkBase, like: &VmSpec, run_dir: &Path, memory: Me
     let overlay = run_dir.join("overlay.qcow2");
     create_overlay(&base.dir.join("disk.qcow2"), "qcow2", &overlay)?;
     let spec = VmSpec { run_dir: run_dir.to_owned(), disk: Some(overlay), memory, incoming: true, ..like.clone() };
-    let mut vm = Qemu::default().launch(spec.clone())?;
+    let mut vm = default_driver().launch(spec.clone())?;
     let loaded = tokio::time::timeout(timeout, async {
         vm.load_state(&base.dir.join("state")).await?;
         vm.resume().await
     })
     .await
     .unwrap_or_else(|_| Err(VmError::Timeout { what: "the fork state to load", secs: timeout.as_secs_f64(), console: String::new() }));
-    if let Err(e) = loaded {
-        return Err(SandboxError::Protocol(format!("restoring a fork failed: {e} {}", vm.stderr_text())));
+    if let Err(source) = loaded {
+        return Err(SandboxError::Restore { what: format!("fork base {}", base.dir.display()), vmm_log: vm.vmm_log(), source });
     }
-    let (agent, info, died) = attach(&vm, timeout).await?;
+    let (agent, info, died) = attach(vm.as_ref(), timeout).await?;
     Ok((vm, agent, info, died, spec, t0.elapsed()))
 }
 

@@ -20,6 +20,6 @@ pub mod sparse;
 pub mod tunnel;
 
 pub use agent::Agent;
-pub use error::SandboxError;
+pub use error::{Fault, SandboxError};
 pub use exec::{ExecOutcome, ExecRequest, Output};
 pub use sandbox::{Sandbox, SandboxOptions};

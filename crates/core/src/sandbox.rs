@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kiln_image::{Home, Progress};
 use kiln_proto::Identity;
 use kiln_vmm::driver::Memory;
-use kiln_vmm::{Accel, AccelChoice, Driver, Qemu, QemuVm, Vm, VmError, VmSpec};
+use kiln_vmm::{default_driver, Accel, AccelChoice, Vm, VmError, VmSpec};
 
 use crate::agent::{Agent, AgentInfo};
 pub use crate::attach::guest_fate;
@@ -83,7 +83,7 @@ pub struct CreateTimings {
 #[derive(Debug)]
 pub struct Sandbox {
     pub(crate) id: String,
-    pub(crate) vm: Mutex<Option<QemuVm>>,
+    pub(crate) vm: Mutex<Option<Box<dyn Vm>>>,
     pub(crate) agent: Agent,
     pub(crate) info: AgentInfo,
     pub(crate) accel: Accel,
@@ -119,13 +119,13 @@ pub(crate) fn own_memory(home: &Home, id: &str) -> Result<PathBuf, SandboxError>
     Ok(home.shm().join(format!("{id}.{}.memory", std::process::id())))
 }
 
-/// The QEMU version line, asked once per process.
+/// The VMM's version line (QEMU's `--version`), asked once per process.
 pub fn qemu_version() -> Result<String, SandboxError> {
     static V: OnceLock<String> = OnceLock::new();
     if let Some(v) = V.get() {
         return Ok(v.clone());
     }
-    let v = Qemu::default().version()?;
+    let v = default_driver().version()?;
     Ok(V.get_or_init(|| v).clone())
 }
 
@@ -134,7 +134,7 @@ impl Sandbox {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
         id: String,
-        vm: QemuVm,
+        vm: Box<dyn Vm>,
         (agent, info, died): Attached,
         spec: VmSpec,
         accel: Accel,
@@ -222,10 +222,10 @@ impl Sandbox {
             incoming: false,
         };
         let t_boot = Instant::now();
-        let vm = Qemu::default().launch(spec.clone()).inspect_err(|_| {
+        let vm = default_driver().launch(spec.clone()).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&run_dir);
         })?;
-        let attached = attach(&vm, opts.boot_timeout).await?;
+        let attached = attach(vm.as_ref(), opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
         Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, CreateMode::Cold, opts.env.clone(), None).finish().await
     }
@@ -270,7 +270,7 @@ impl Sandbox {
             incoming: true,
         };
         let t_boot = Instant::now();
-        let mut vm = Qemu::default().launch(spec.clone()).inspect_err(|_| {
+        let mut vm = default_driver().launch(spec.clone()).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&run_dir);
         })?;
         let loaded = tokio::time::timeout(opts.boot_timeout, async {
@@ -281,14 +281,10 @@ impl Sandbox {
         let loaded = loaded.unwrap_or_else(|_| {
             Err(VmError::Timeout { what: "the snapshot to load", secs: opts.boot_timeout.as_secs_f64(), console: String::new() })
         });
-        if let Err(e) = loaded {
-            return Err(SandboxError::Protocol(format!(
-                "restoring snapshot {} failed: {e} {}",
-                snap.dir.display(),
-                vm.stderr_text()
-            )));
+        if let Err(source) = loaded {
+            return Err(SandboxError::Restore { what: format!("snapshot {}", snap.dir.display()), vmm_log: vm.vmm_log(), source });
         }
-        let attached = attach(&vm, opts.boot_timeout).await?;
+        let attached = attach(vm.as_ref(), opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
         let mode = CreateMode::Restored(snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, mode, opts.env.clone(), None).finish().await
@@ -361,7 +357,7 @@ impl Sandbox {
 
     /// The VMM's process id (0 once destroyed).
     pub fn vmm_pid(&self) -> u32 {
-        self.vm.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Vm::pid).unwrap_or(0)
+        self.vm.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|v| v.pid()).unwrap_or(0)
     }
 
     /// The run folder on the host.
@@ -380,7 +376,7 @@ impl Sandbox {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .as_mut()
-                            .and_then(Vm::exit_status)
+                            .and_then(|v| v.exit_status())
                             .unwrap_or_else(|| "killed".into());
                         let status = match guest_fate(&console) {
                             Some(fate) => format!("{fate}; {status}"),

@@ -25,7 +25,7 @@ use kiln_image::kernel::write_atomic;
 use kiln_image::store::Digest;
 use kiln_image::{Home, Progress};
 use kiln_vmm::driver::Memory;
-use kiln_vmm::{Accel, Driver, Qemu, Vm, VmSpec};
+use kiln_vmm::{default_driver, Accel, VmSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::BootArtifacts;
@@ -307,7 +307,7 @@ pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<
         .output()
         .map_err(|source| SandboxError::Io { what: "run qemu-img (apt-get install qemu-utils)".into(), source })?;
     if !out.status.success() {
-        return Err(SandboxError::Protocol(format!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(SandboxError::Tool { tool: "qemu-img create".into(), detail: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
     }
     Ok(())
 }
@@ -488,8 +488,8 @@ async fn bake_into(
         memory: Memory::File { path: memory.clone(), shared: true },
         incoming: false,
     };
-    let mut vm = Qemu::default().launch(spec)?;
-    let (agent, _info, _died) = crate::attach::attach(&vm, boot_timeout).await?;
+    let mut vm = default_driver().launch(spec)?;
+    let (agent, _info, _died) = crate::attach::attach(vm.as_ref(), boot_timeout).await?;
     // Flush the guest's dirty pages now, or every clone would inherit and rewrite them.
     agent.sync().await?;
     vm.pause().await?;

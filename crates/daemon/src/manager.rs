@@ -10,7 +10,7 @@ use kiln_image::Home;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use kiln_core::error::SandboxError;
+use kiln_core::error::{Fault, SandboxError};
 use crate::lifecycle::State;
 use crate::metrics::Metrics;
 use kiln_core::sandbox::{CreateMode, Sandbox, SandboxOptions};
@@ -403,7 +403,7 @@ impl Manager {
     /// Records the outcome of a request run under a lease; a sandbox found dead is failed.
     pub async fn settle<T>(&self, id: &str, r: Result<T, SandboxError>) -> Result<T, ManagerError> {
         match r {
-            Err(e @ (SandboxError::Died { .. } | SandboxError::Unresponsive(_) | SandboxError::Protocol(_))) => {
+            Err(e) if e.fault() == Fault::SandboxLost => {
                 self.metrics.failures.inc();
                 let _ = self.finish(id, State::Failed, "failed", &e.to_string(), "kiln").await;
                 Err(e.into())

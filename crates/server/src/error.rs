@@ -5,8 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_daemon::manager::ManagerError;
-use kiln_core::SandboxError;
-use kiln_proto::ErrorKind;
+use kiln_core::{Fault, SandboxError};
 use serde_json::json;
 
 /// An error answer.
@@ -51,21 +50,17 @@ impl IntoResponse for ApiError {
 
 impl From<SandboxError> for ApiError {
     fn from(e: SandboxError) -> ApiError {
-        use kiln_image::ImageError;
-        match &e {
-            SandboxError::Invalid(m) => ApiError::bad_request(m.clone()),
-            SandboxError::Busy(m) => ApiError { status: StatusCode::TOO_MANY_REQUESTS, code: "limit", message: m.clone() },
-            SandboxError::Image(ImageError::UnknownTemplate { .. } | ImageError::BadTemplate { .. }) => ApiError::bad_request(e.to_string()),
-            SandboxError::Guest { kind: ErrorKind::NotFound, message } => ApiError::not_found(message.clone()),
-            SandboxError::Guest { kind: ErrorKind::AlreadyExists, message } => {
-                ApiError { status: StatusCode::CONFLICT, code: "conflict", message: message.clone() }
+        let message = e.to_string();
+        match e.fault() {
+            Fault::Invalid | Fault::GuestRefused | Fault::GuestDenied => ApiError::bad_request(message),
+            Fault::Busy => ApiError { status: StatusCode::TOO_MANY_REQUESTS, code: "limit", message },
+            Fault::GuestNotFound => ApiError::not_found(message),
+            Fault::GuestConflict => ApiError { status: StatusCode::CONFLICT, code: "conflict", message },
+            Fault::SandboxLost => {
+                eprintln!("kiln serve: sandbox failed: {}", e.with_causes());
+                ApiError { status: StatusCode::BAD_GATEWAY, code: "sandbox_failed", message: first_line(&message) }
             }
-            SandboxError::Guest { message, .. } => ApiError::bad_request(message.clone()),
-            SandboxError::Died { .. } | SandboxError::Unresponsive(_) | SandboxError::Protocol(_) | SandboxError::Vm(_) | SandboxError::BootTimeout { .. } => {
-                eprintln!("kiln serve: sandbox failed: {e}");
-                ApiError { status: StatusCode::BAD_GATEWAY, code: "sandbox_failed", message: first_line(&e.to_string()) }
-            }
-            SandboxError::Image(_) | SandboxError::Io { .. } => ApiError::internal(&e),
+            Fault::Host => ApiError::internal(&e.with_causes()),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The backend-neutral driver interface. QEMU is the first backend ([`crate::Qemu`]); a
-//! Firecracker backend would implement the same traits.
+//! Firecracker backend would implement the same traits. Callers hold `&dyn Driver` and
+//! `Box<dyn Vm>`: nothing outside this crate names the backend to drive a VM.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::path::{Path, PathBuf};
 
 use crate::accel::Accel;
@@ -47,16 +49,27 @@ pub struct VmSpec {
     pub incoming: bool,
 }
 
-/// A VM driver.
+/// A future returned by a [`Vm`] operation.
+pub type VmFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, VmError>> + Send + 'a>>;
+
+/// A VM driver: starts VMs of one backend. Object safe, so a caller holds a `&dyn Driver`
+/// and never names the backend.
 pub trait Driver: Send + Sync {
-    /// The running VM type.
-    type Vm: Vm;
+    /// The backend's name and version (e.g. QEMU's `--version` line); snapshots record it,
+    /// and one taken by another version is not restored.
+    fn version(&self) -> Result<String, VmError>;
     /// Starts a VM. It is running (or, with `incoming`, waiting for its state) on return.
-    fn launch(&self, spec: VmSpec) -> Result<Self::Vm, VmError>;
+    fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmError>;
+}
+
+/// The driver kiln uses: QEMU, configured from the environment as it is now (`KILN_QEMU`,
+/// `KILN_CONFINE`).
+pub fn default_driver() -> Box<dyn Driver> {
+    Box::new(crate::Qemu::default())
 }
 
 /// A running VM. Dropping it kills the VMM and removes its run folder.
-pub trait Vm: Send {
+pub trait Vm: Send + Sync + std::fmt::Debug {
     /// Process id of the VMM.
     fn pid(&self) -> u32;
     /// The run folder.
@@ -74,7 +87,10 @@ pub trait Vm: Send {
         self.run_dir().join("console.log")
     }
     /// Resolves when the VMM process has exited.
-    fn exited(&self) -> impl Future<Output = ()> + Send + '_;
+    fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// A future of its own (it outlives this borrow) that resolves when the VMM has exited:
+    /// for a watchdog task.
+    fn exit_watch(&self) -> Result<Pin<Box<dyn Future<Output = ()> + Send + 'static>>, VmError>;
     /// How the VMM exited, if it has (reaps it).
     fn exit_status(&mut self) -> Option<String>;
     /// Kills the VMM now and removes the run folder. Idempotent.
@@ -83,6 +99,20 @@ pub trait Vm: Send {
     fn console_tail(&self) -> String {
         console_tail(&self.console_log())
     }
+    /// What the VMM itself printed (bounded), for error messages; empty if nothing.
+    fn vmm_log(&self) -> String;
+    /// Pauses the vCPUs (the VMM drains and flushes the disks).
+    fn pause(&mut self) -> VmFuture<'_, ()>;
+    /// Resumes the vCPUs.
+    fn resume(&mut self) -> VmFuture<'_, ()>;
+    /// Saves device state (not RAM, which lives in a memory file) to a new file `state`.
+    /// The VM must be paused.
+    fn save_state<'a>(&'a mut self, state: &'a Path) -> VmFuture<'a, ()>;
+    /// Loads device state saved by [`Vm::save_state`] into a VM started with `incoming` and
+    /// the same machine shape; it stays paused until [`Vm::resume`].
+    fn load_state<'a>(&'a mut self, state: &'a Path) -> VmFuture<'a, ()>;
+    /// Asks the VMM to exit, and waits a little for it.
+    fn quit(&mut self) -> VmFuture<'_, ()>;
 }
 
 /// Console lines that say what became of the guest; kept in the tail even when older.

@@ -19,7 +19,7 @@ pub mod version;
 
 pub use accel::{Accel, AccelChoice};
 pub use channel::AgentChannel;
-pub use driver::{Driver, Vm, VmSpec};
+pub use driver::{default_driver, Driver, Vm, VmFuture, VmSpec};
 pub use error::VmError;
 pub use qemu::{Qemu, QemuVm};
 pub use version::QemuVersion;

@@ -1,7 +1,9 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm` with a virtio-serial control port, a
 //! virtio-blk root disk, the serial console to a log file and a QMP socket.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 
 use crate::cgroup::VmCgroup;
 use crate::confine::Confinement;
-use crate::driver::{Driver, Memory, Vm, VmSpec};
+use crate::driver::{Driver, Memory, Vm, VmFuture, VmSpec};
 use crate::error::VmError;
 use crate::qmp::Qmp;
 use crate::spawn::{spawn_supervised, ExitWatch};
@@ -99,9 +101,18 @@ impl Qemu {
 }
 
 impl Driver for Qemu {
-    type Vm = QemuVm;
+    fn version(&self) -> Result<String, VmError> {
+        Qemu::version(self)
+    }
 
-    fn launch(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
+    fn launch(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmError> {
+        self.start(spec).map(|vm| Box::new(vm) as Box<dyn Vm>)
+    }
+}
+
+impl Qemu {
+    /// Starts QEMU for a spec.
+    pub fn start(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
         let confine = self.confine.clone().map_err(VmError::Confine)?;
         let release = self.release()?;
         let readonly_ram = release.maps_frozen_ram_readonly();
@@ -159,19 +170,12 @@ impl QemuVm {
         Ok(self.qmp.as_mut().expect("just set"))
     }
 
-    /// Pauses the vCPUs (QEMU drains and flushes the disks).
-    pub async fn pause(&mut self) -> Result<(), VmError> {
-        self.qmp().await?.execute("stop", None).await.map(|_| ())
+    async fn execute(&mut self, command: &str) -> Result<(), VmError> {
+        self.qmp().await?.execute(command, None).await.map(|_| ())
     }
 
-    /// Resumes the vCPUs.
-    pub async fn resume(&mut self) -> Result<(), VmError> {
-        self.qmp().await?.execute("cont", None).await.map(|_| ())
-    }
-
-    /// Saves device state (not RAM, which lives in a shared memory file) to a new file
-    /// `state`, handed to QEMU as a descriptor (QEMU spawns nothing). The VM must be paused.
-    pub async fn save_state(&mut self, state: &Path) -> Result<(), VmError> {
+    /// Saves device state to a new file handed to QEMU as a descriptor (QEMU spawns nothing).
+    async fn save(&mut self, state: &Path) -> Result<(), VmError> {
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(state).map_err(VmError::io("create", state))?;
         let qmp = self.qmp().await?;
         set_ignore_shared(qmp).await?;
@@ -181,9 +185,7 @@ impl QemuVm {
         file.sync_all().map_err(VmError::io("sync", state))
     }
 
-    /// Loads device state saved by [`QemuVm::save_state`] into a VM started with `incoming`
-    /// and the same machine shape; it stays paused until [`QemuVm::resume`].
-    pub async fn load_state(&mut self, state: &Path) -> Result<(), VmError> {
+    async fn load(&mut self, state: &Path) -> Result<(), VmError> {
         let file = std::fs::File::open(state).map_err(VmError::io("open", state))?;
         let qmp = self.qmp().await?;
         set_ignore_shared(qmp).await?;
@@ -192,24 +194,10 @@ impl QemuVm {
         qmp.wait_migration(Duration::from_secs(120)).await.map(|_| ())
     }
 
-    /// Switches the root disk to a new overlay on top of the current one, which becomes
-    /// read-only for this VM (used to fork: the old overlay is frozen for the children).
-    pub async fn snapshot_disk(&mut self, new_overlay: &Path) -> Result<(), VmError> {
-        let args = json!({ "device": "d0", "snapshot-file": new_overlay.display().to_string(), "format": "qcow2", "mode": "absolute-paths" });
-        self.qmp().await?.execute("blockdev-snapshot-sync", Some(args)).await.map(|_| ())
-    }
-
-    /// Asks QEMU to exit.
-    pub async fn quit(&mut self) -> Result<(), VmError> {
-        let r = self.qmp().await?.execute("quit", None).await.map(|_| ());
+    async fn quit_and_wait(&mut self) -> Result<(), VmError> {
+        let r = self.execute("quit").await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.watch.exited()).await;
         r
-    }
-
-    /// What QEMU printed on stderr (bounded), for error messages.
-    pub fn stderr_text(&self) -> String {
-        let bytes = std::fs::read(self.run_dir.join("qemu.stderr")).unwrap_or_default();
-        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).trim().to_owned()
     }
 }
 
@@ -227,14 +215,19 @@ impl Vm for QemuVm {
         &self.run_dir
     }
 
-    fn exited(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        self.watch.exited()
+    fn exited(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.watch.exited())
+    }
+
+    fn exit_watch(&self) -> Result<Pin<Box<dyn Future<Output = ()> + Send + 'static>>, VmError> {
+        let watch = ExitWatch::new(self.pid()).map_err(VmError::io("watch the VMM process", &self.run_dir))?;
+        Ok(Box::pin(async move { watch.exited().await }))
     }
 
     fn exit_status(&mut self) -> Option<String> {
         if self.status.is_none() {
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                let err = self.stderr_text();
+                let err = self.vmm_log();
                 self.status = Some(if err.is_empty() { st.to_string() } else { format!("{st}: {err}") });
             }
         }
@@ -251,6 +244,33 @@ impl Vm for QemuVm {
         }
         self.qmp = None;
         let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+
+    /// What QEMU printed on stderr (at most 4 KiB).
+    fn vmm_log(&self) -> String {
+        let bytes = std::fs::read(self.run_dir.join("qemu.stderr")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).trim().to_owned()
+    }
+
+    fn pause(&mut self) -> VmFuture<'_, ()> {
+        Box::pin(self.execute("stop"))
+    }
+
+    fn resume(&mut self) -> VmFuture<'_, ()> {
+        Box::pin(self.execute("cont"))
+    }
+
+    /// Device state only: RAM lives in a memory file and is skipped (`x-ignore-shared`).
+    fn save_state<'a>(&'a mut self, state: &'a Path) -> VmFuture<'a, ()> {
+        Box::pin(self.save(state))
+    }
+
+    fn load_state<'a>(&'a mut self, state: &'a Path) -> VmFuture<'a, ()> {
+        Box::pin(self.load(state))
+    }
+
+    fn quit(&mut self) -> VmFuture<'_, ()> {
+        Box::pin(self.quit_and_wait())
     }
 }
 
