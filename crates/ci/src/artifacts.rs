@@ -83,16 +83,16 @@ pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], dest: &Path
     for p in paths {
         let host = dest.join(&p);
         if let Some(parent) = host.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| CiError::Io(format!("create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(CiError::io(format!("create {}", parent.display())))?;
         }
-        let mut file = tokio::fs::File::create(&host).await.map_err(|e| CiError::Io(format!("create {}: {e}", host.display())))?;
+        let mut file = tokio::fs::File::create(&host).await.map_err(CiError::io(format!("create {}", host.display())))?;
         let (size, _) = sbx.agent().read_file(&format!("{workdir}/{p}"), MAX_FILE, &mut file).await?;
         drop(file);
         total += size;
         if total > MAX_TOTAL {
             return Err(CiError::Artifacts(format!("artifacts exceed {MAX_TOTAL} bytes")));
         }
-        let sha256 = kiln_image::store::Digest::of_file(&host).map_err(|e| CiError::Io(e.to_string()))?.hex().to_owned();
+        let sha256 = kiln_image::store::Digest::of_file(&host).map_err(|e| CiError::Sandbox(e.into()))?.hex().to_owned();
         out.push(Artifact { path: p, size, sha256 });
     }
     Ok(out)

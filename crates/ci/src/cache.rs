@@ -15,7 +15,7 @@ use crate::CiError;
 pub fn key(snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Result<String, CiError> {
     let mut text = format!("kiln-ci-cache-v1\nsnapshot {snapshot}\nsetup {setup}\n");
     for f in key_files {
-        let bytes = std::fs::read(f).map_err(|e| CiError::Io(format!("--cache-key {}: {e}", f.display())))?;
+        let bytes = std::fs::read(f).map_err(CiError::io(format!("--cache-key {}", f.display())))?;
         text.push_str(&format!("file {} {}\n", f.display(), crate::digest::sha256_hex(&bytes)));
     }
     Ok(crate::digest::sha256_hex(text.as_bytes()))
@@ -50,12 +50,12 @@ impl Entry {
     }
 
     /// Writes the entry from a fork base (atomically: a `complete` marker goes last).
-    pub fn write(&self, base: &ForkBase, like: &VmSpec) -> Result<(), String> {
+    pub fn write(&self, base: &ForkBase, like: &VmSpec) -> Result<(), CiError> {
         let tmp = self.dir.with_extension(format!("tmp{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        base.persist(like, &tmp, &tmp.join("memory")).map_err(|e| e.to_string())?;
+        base.persist(like, &tmp, &tmp.join("memory")).map_err(CiError::io(format!("persist the fork base into {}", tmp.display())))?;
         let _ = std::fs::remove_dir_all(&self.dir);
-        std::fs::rename(&tmp, &self.dir).map_err(|e| e.to_string())?;
-        std::fs::write(self.dir.join("complete"), b"").map_err(|e| e.to_string())
+        std::fs::rename(&tmp, &self.dir).map_err(CiError::io(format!("rename {} to {}", tmp.display(), self.dir.display())))?;
+        std::fs::write(self.dir.join("complete"), b"").map_err(CiError::io(format!("mark {} complete", self.dir.display())))
     }
 }

@@ -21,18 +21,58 @@ pub enum CiError {
     /// The sandbox layer failed.
     #[error(transparent)]
     Sandbox(#[from] kiln_core::SandboxError),
-    /// Getting the source failed.
-    #[error("source: {0}")]
-    Source(String),
-    /// Collecting artifacts failed.
+    /// Getting the source failed: git (on the host, or in the VM) refused.
+    #[error("source: {what}: {detail}")]
+    Source {
+        /// What was being done (e.g. "ref main", "cloning URL in the VM").
+        what: String,
+        /// What git printed.
+        detail: String,
+    },
+    /// The VM's artifacts broke a rule (an unsafe name, too many, too large).
     #[error("artifacts: {0}")]
     Artifacts(String),
-    /// A host file operation failed.
-    #[error("{0}")]
-    Io(String),
-    /// Bad input.
+    /// A host file operation (or starting a host program) failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done, to which path.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad input: an option, a path or a ref that cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The daemon that was asked to run the job failed or answered something unusable.
+    #[error("the daemon: {0}")]
+    Daemon(String),
+}
+
+impl CiError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CiError {
+        let what = what.into();
+        move |source| CiError::Io { what, source }
+    }
+
+    /// Whether the failure lies with the caller's input rather than with kiln, the host or the VM.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            CiError::Invalid(_) => true,
+            CiError::Sandbox(s) => s.is_user_error(),
+            _ => false,
+        }
+    }
+
+    /// The message with its causes, each once.
+    pub fn with_causes(&self) -> String {
+        match self {
+            CiError::Sandbox(s) => s.with_causes(),
+            CiError::Io { what, source } => format!("{what}: {source}"),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// `host:port` of a clone URL (for allowing it during the clone).

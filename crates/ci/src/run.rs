@@ -213,7 +213,7 @@ fn attach_egress(sbx: &Sandbox, egress: &Arc<dyn Egress>) -> tokio::task::JoinHa
 pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Signer, sink: Sink, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Report, CiError> {
     let t0 = Instant::now();
     let started = SystemTime::now();
-    std::fs::create_dir_all(&cfg.out).map_err(|e| CiError::Io(format!("create {}: {e}", cfg.out.display())))?;
+    std::fs::create_dir_all(&cfg.out).map_err(CiError::io(format!("create {}", cfg.out.display())))?;
     let secret_values: Vec<&str> = cfg.secrets.iter().map(|(_, v)| v.as_str()).collect();
     let masker = Masker::new(&secret_values);
     let work = tempdir_in(home)?;
@@ -267,12 +267,12 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
             let s = Sandbox::from_checkpoint(home, &entry.dir, &entry.memory, artifacts_boot.clone(), accel, Vec::new()).await?;
             tunnels.push(attach_egress(&s, &egress));
             if let Source::Bundle { bundle, .. } = &source {
-                let f = tokio::fs::File::open(bundle).await.map_err(|e| CiError::Io(e.to_string()))?;
+                let f = tokio::fs::File::open(bundle).await.map_err(CiError::io(format!("open {}", bundle.display())))?;
                 s.agent().write_file("/tmp/kiln-source.bundle", 0o644, true, f).await?;
             }
             let (code, out, err) = quiet(&s, &source::update_script(&commit), base_env.clone()).await?;
             if code != 0 {
-                return Err(CiError::Source(format!("updating the cached checkout failed: {}", err.trim())));
+                return Err(CiError::Source { what: "updating the cached checkout".into(), detail: err.trim().to_owned() });
             }
             commit = out.trim().to_owned();
             sandboxes.push(s);
@@ -282,7 +282,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         let mut setup_vm = Sandbox::create(home, &opts, progress).await?;
         tunnels.push(attach_egress(&setup_vm, &egress));
         if let Source::Bundle { bundle, .. } = &source {
-            let f = tokio::fs::File::open(bundle).await.map_err(|e| CiError::Io(e.to_string()))?;
+            let f = tokio::fs::File::open(bundle).await.map_err(CiError::io(format!("open {}", bundle.display())))?;
             setup_vm.agent().write_file("/tmp/kiln-source.bundle", 0o644, true, f).await?;
         } else if let Some(host) = crate::url_host(&cfg.repo) {
             egress.allow_extra(Some(host));
@@ -291,7 +291,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         let (code, out, err) = quiet(&setup_vm, &source::clone_script(&source, &cfg.git_ref), base_env.clone()).await?;
         egress.allow_extra(None);
         if code != 0 {
-            return Err(CiError::Source(format!("cloning {} in the VM failed: {}", cfg.repo, masker.mask_str(err.trim()))));
+            return Err(CiError::Source { what: format!("cloning {} in the VM", cfg.repo), detail: masker.mask_str(err.trim()) });
         }
         commit = out.trim().lines().last().unwrap_or("").to_owned();
         let _ = setup_vm.agent().remove("/tmp/kiln-source.bundle", false).await;
@@ -303,7 +303,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
             }
             let mut log = Vec::new();
             let o = step(&setup_vm, setup, workdir, env, cfg.timeout, "setup", &masks, &sink, &mut log).await?;
-            std::fs::write(cfg.out.join("setup.log"), &log).map_err(|e| CiError::Io(e.to_string()))?;
+            std::fs::write(cfg.out.join("setup.log"), &log).map_err(CiError::io(format!("write {}", cfg.out.join("setup.log").display())))?;
             setup_exit = Some(o.exit_code());
             if o.exit_code() != 0 {
                 let report = Report {
@@ -436,7 +436,7 @@ impl Drop for Scratch {
 
 fn tempdir_in(home: &Home) -> Result<Scratch, CiError> {
     let p = home.run().join(format!("ci-{}", kiln_core::random::hex(6)));
-    kiln_core::cleanup::make_owned_dir(&p).map_err(|e| CiError::Io(format!("create {}: {e}", p.display())))?;
+    kiln_core::cleanup::make_owned_dir(&p).map_err(CiError::io(format!("create {}", p.display())))?;
     Ok(Scratch(p))
 }
 

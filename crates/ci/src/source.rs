@@ -37,9 +37,9 @@ fn git(repo: &Path) -> Command {
 }
 
 fn run(c: &mut Command, what: &str) -> Result<String, CiError> {
-    let out = c.output().map_err(|e| CiError::Source(format!("{what}: cannot run git ({e}); apt-get install git")))?;
+    let out = c.output().map_err(CiError::io(format!("{what}: cannot run git (apt-get install git)")))?;
     if !out.status.success() {
-        return Err(CiError::Source(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(CiError::Source { what: what.to_owned(), detail: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -47,14 +47,14 @@ fn run(c: &mut Command, what: &str) -> Result<String, CiError> {
 /// Makes a bundle of `git_ref` of the local repository `repo` in `dir`.
 pub fn bundle(repo: &Path, git_ref: &str, dir: &Path) -> Result<Source, CiError> {
     if run(git(repo).args(["rev-parse", "--git-dir"]), "").is_err() {
-        return Err(CiError::Source(format!("{} is not in a git repository", repo.display())));
+        return Err(CiError::Invalid(format!("source: {} is not in a git repository", repo.display())));
     }
     let prefix = run(git(repo).args(["rev-parse", "--show-prefix"]), "git rev-parse").unwrap_or_default();
     if prefix.split('/').any(|c| c == "..") {
-        return Err(CiError::Source(format!("bad path {}", repo.display())));
+        return Err(CiError::Invalid(format!("source: bad path {}", repo.display())));
     }
     if git_ref.starts_with('-') {
-        return Err(CiError::Source(format!("bad ref {git_ref:?}")));
+        return Err(CiError::Invalid(format!("source: bad ref {git_ref:?}")));
     }
     let commit = run(git(repo).args(["rev-parse", "--verify", "--end-of-options"]).arg(format!("{git_ref}^{{commit}}")), &format!("ref {git_ref}"))?;
     let bundle = dir.join("source.bundle");

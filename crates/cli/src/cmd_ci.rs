@@ -217,8 +217,12 @@ pub async fn run(cmd: CiCmd) -> i32 {
             report.exit_code
         }
         Err(e) => {
-            eprintln!("kiln: ci run failed: {e}");
-            exit::KILN_FAILED
+            eprintln!("kiln: ci run failed: {}", e.with_causes());
+            if e.is_user_error() {
+                exit::USAGE
+            } else {
+                exit::KILN_FAILED
+            }
         }
     }
 }
@@ -226,6 +230,6 @@ pub async fn run(cmd: CiCmd) -> i32 {
 async fn via_daemon(cfg: &CiConfig) -> Result<Report, CiError> {
     let client = kiln_client::Client::from_env();
     let body = kiln_ci::glue::request_json(cfg).map_err(CiError::Invalid)?;
-    let v = client.ci_run(&body).await.map_err(|e| CiError::Invalid(e.to_string()))?;
-    serde_json::from_value(v).map_err(|e| CiError::Invalid(format!("bad report from the daemon: {e}")))
+    let v = client.ci_run(&body).await.map_err(|e| CiError::Daemon(e.to_string()))?;
+    serde_json::from_value(v).map_err(|e| CiError::Daemon(format!("bad report: {e}")))
 }

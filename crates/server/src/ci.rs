@@ -27,10 +27,7 @@ pub async fn run(State(st): State<AppState>, Extension(actor): Extension<Actor>,
     let _ = store.event(None, "ci_run", &format!("{} @ {}", cfg.repo, cfg.git_ref), &actor.0);
     let report = kiln_ci::run(&home, &cfg, egress, host_signer(&home), sink, &kiln_image::quiet)
         .await
-        .map_err(|e| match e {
-            kiln_ci::CiError::Sandbox(s) => ApiError::from(s),
-            other => ApiError::bad_request(other.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     let _ = store.event(None, "ci_done", &format!("{} @ {}: exit {}", report.repo, report.commit, report.exit_code), &actor.0);
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }

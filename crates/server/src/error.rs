@@ -82,6 +82,17 @@ impl From<ManagerError> for ApiError {
     }
 }
 
+impl From<kiln_ci::CiError> for ApiError {
+    fn from(e: kiln_ci::CiError) -> ApiError {
+        use kiln_ci::CiError;
+        match e {
+            CiError::Sandbox(s) => s.into(),
+            CiError::Io { .. } | CiError::Daemon(_) => ApiError::internal(&e.with_causes()),
+            CiError::Invalid(_) | CiError::Source { .. } | CiError::Artifacts(_) => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
