@@ -119,7 +119,7 @@ async fn bake(home: &Home, name: &str, cpus: Option<u32>, memory: Option<u32>, a
     .await;
     match result {
         Ok(s) => {
-            println!("{}\t{}\t{} vCPU\t{} MiB\t{}\tbaked in {} ms", s.meta.template, s.dir.display(), s.meta.cpus, s.meta.memory_mib, s.meta.accel, s.meta.bake_ms);
+            println!("{}\t{}\t{} vCPU\t{} MiB\t{}\tbaked in {} ms", s.meta.made_of.template, s.dir.display(), s.meta.made_of.cpus, s.meta.made_of.memory_mib, s.meta.made_of.accel, s.meta.bake_ms);
             0
         }
         Err(e) => exit::report(&e),

@@ -41,24 +41,9 @@ pub const FILES: [&str; 3] = ["memory", "state", "disk.qcow2"];
 pub struct SnapshotMeta {
     /// [`SNAPSHOT_FORMAT`].
     pub format: u32,
-    /// Template name.
-    pub template: String,
-    /// Digest of the template file.
-    pub template_source: Digest,
-    /// Kernel image digest.
-    pub kernel: Digest,
-    /// Initramfs digest (includes the agent).
-    pub initramfs: Digest,
-    /// Root filesystem image digest.
-    pub rootfs: Digest,
-    /// QEMU version line.
-    pub qemu: String,
-    /// Accelerator.
-    pub accel: Accel,
-    /// vCPUs.
-    pub cpus: u32,
-    /// Memory in MiB.
-    pub memory_mib: u32,
+    /// What it was made from: its fields sit at the top level of the JSON, as they always did.
+    #[serde(flatten)]
+    pub made_of: Expected,
     /// The exact kernel command line the template booted with.
     pub cmdline: String,
     /// kiln version.
@@ -79,7 +64,7 @@ struct SnapshotRecord {
 }
 
 /// What a snapshot must match to be restored in this environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expected {
     /// Template name.
     pub template: String,
@@ -138,12 +123,14 @@ impl Expected {
     /// Every way `meta` differs from what is expected, as sentences.
     pub fn mismatches(&self, meta: &SnapshotMeta) -> Vec<String> {
         let mut v = Vec::new();
+        let kiln = meta.kiln.clone();
         let mut cmp = |what: &str, have: String, want: String| {
             if have != want {
                 v.push(format!("{what} is {have}, this host has {want}"));
             }
         };
         cmp("format", meta.format.to_string(), SNAPSHOT_FORMAT.to_string());
+        let meta = &meta.made_of;
         cmp("QEMU version", meta.qemu.clone(), self.qemu.clone());
         cmp("accelerator", meta.accel.to_string(), self.accel.to_string());
         cmp("machine shape", format!("{} vCPU/{} MiB", meta.cpus, meta.memory_mib), format!("{} vCPU/{} MiB", self.cpus, self.memory_mib));
@@ -152,7 +139,7 @@ impl Expected {
         cmp("kernel", meta.kernel.to_string(), self.kernel.to_string());
         cmp("initramfs", meta.initramfs.to_string(), self.initramfs.to_string());
         cmp("rootfs", meta.rootfs.to_string(), self.rootfs.to_string());
-        cmp("kiln version", meta.kiln.clone(), env!("CARGO_PKG_VERSION").to_owned());
+        cmp("kiln version", kiln, env!("CARGO_PKG_VERSION").to_owned());
         v
     }
 }
@@ -455,7 +442,8 @@ fn prune(home: &Home, expected: &Expected) {
         else {
             continue;
         };
-        if meta.cpus == expected.cpus && meta.memory_mib == expected.memory_mib && meta.accel == expected.accel {
+        let m = &meta.made_of;
+        if m.cpus == expected.cpus && m.memory_mib == expected.memory_mib && m.accel == expected.accel {
             let _ = std::fs::remove_dir_all(e.path());
             let _ = std::fs::remove_file(home.shm().join(format!("{name}.memory")));
         }
@@ -505,15 +493,7 @@ async fn bake_into(
     }
     Ok(SnapshotMeta {
         format: SNAPSHOT_FORMAT,
-        template: expected.template.clone(),
-        template_source: expected.template_source.clone(),
-        kernel: expected.kernel.clone(),
-        initramfs: expected.initramfs.clone(),
-        rootfs: expected.rootfs.clone(),
-        qemu: expected.qemu.clone(),
-        accel: expected.accel,
-        cpus: expected.cpus,
-        memory_mib: expected.memory_mib,
+        made_of: expected.clone(),
         cmdline,
         kiln: env!("CARGO_PKG_VERSION").to_owned(),
         created_at: kiln_image::BuiltTemplate::now(),
@@ -544,15 +524,7 @@ mod tests {
     fn meta_for(e: &Expected) -> SnapshotMeta {
         SnapshotMeta {
             format: SNAPSHOT_FORMAT,
-            template: e.template.clone(),
-            template_source: e.template_source.clone(),
-            kernel: e.kernel.clone(),
-            initramfs: e.initramfs.clone(),
-            rootfs: e.rootfs.clone(),
-            qemu: e.qemu.clone(),
-            accel: e.accel,
-            cpus: e.cpus,
-            memory_mib: e.memory_mib,
+            made_of: e.clone(),
             cmdline: String::new(),
             kiln: env!("CARGO_PKG_VERSION").into(),
             created_at: 0,
@@ -561,13 +533,29 @@ mod tests {
         }
     }
 
+    /// snapshot.json as kiln wrote it before `made_of` was flattened in: it must still load,
+    /// serialize back to the same JSON, and so keep its checksum.
+    #[test]
+    fn snapshot_json_layout_is_unchanged() {
+        let d = Digest::of_bytes(b"x").hex().to_owned();
+        let text = format!(
+            r#"{{"format":2,"template":"tiny","template_source":"{d}","kernel":"{d}","initramfs":"{d}","rootfs":"{d}","qemu":"QEMU 7.2","accel":"tcg","cpus":1,"memory_mib":256,"cmdline":"console=ttyS0","kiln":"0.1.0","created_at":7,"bake_ms":9,"files":[["memory","{d}",4096]]}}"#
+        );
+        let old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let meta: SnapshotMeta = serde_json::from_str(&text).unwrap();
+        assert_eq!(meta.made_of, expected());
+        assert_eq!((meta.cmdline.as_str(), meta.bake_ms, meta.files.len()), ("console=ttyS0", 9, 1));
+        assert_eq!(serde_json::to_value(&meta).unwrap(), old);
+        assert_eq!(meta_checksum(&meta), Digest::of_bytes(&serde_json::to_vec(&old).unwrap()));
+    }
+
     #[test]
     fn mismatches_are_named() {
         let e = expected();
         assert!(e.mismatches(&meta_for(&e)).is_empty());
         let mut m = meta_for(&e);
-        m.qemu = "QEMU 8.0".into();
-        m.memory_mib = 512;
+        m.made_of.qemu = "QEMU 8.0".into();
+        m.made_of.memory_mib = 512;
         let v = e.mismatches(&m);
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v[0].contains("QEMU version is QEMU 8.0"), "{v:?}");
