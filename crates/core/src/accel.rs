@@ -60,7 +60,7 @@ pub async fn resolve(home: &Home, choice: AccelChoice) -> Result<(Accel, String)
             };
             let rec = ProbeRecord { host_kernel: host_kernel(), qemu, kvm_boots, detail: detail.clone() };
             let _ = std::fs::create_dir_all(home.root());
-            let _ = kiln_image::kernel::write_atomic(&path, &serde_json::to_vec_pretty(&rec).expect("json"));
+            let _ = kiln_image::atomic::write_atomic(&path, &serde_json::to_vec_pretty(&rec).expect("json"));
             Ok((if kvm_boots { Accel::Kvm } else { Accel::Tcg }, format!("auto (probed: {detail})")))
         }
     }

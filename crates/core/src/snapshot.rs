@@ -21,7 +21,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kiln_image::kernel::write_atomic;
+use kiln_image::atomic::write_atomic;
 use kiln_image::store::Digest;
 use kiln_image::{Home, Progress};
 use kiln_vmm::driver::Memory;

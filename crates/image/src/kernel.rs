@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::write_atomic;
 use crate::deb;
 use crate::error::{ImageError, Result};
 use crate::lock::FileLock;
@@ -264,13 +265,6 @@ pub fn modinfo(elf: &[u8], key: &str) -> Option<String> {
 fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     file.split('.').next().unwrap_or(file).replace('-', "_")
-}
-
-/// Writes a file by writing a temporary sibling and renaming it over.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(ImageError::io("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(ImageError::io("rename", path))
 }
 
 /// The host's TSC frequency in kHz, from which `lpj=` and `tsc_early_khz=` are derived so the

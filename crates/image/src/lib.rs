@@ -3,6 +3,7 @@
 //! content-addressed store under kiln's home folder.
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod cpio;
 pub mod deb;
 pub mod error;

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ImageError, Result};
-use crate::kernel::write_atomic;
+use crate::atomic::write_atomic;
 use crate::store::{Digest, Store};
 use crate::template::RootfsKind;
 use crate::Home;
