@@ -10,15 +10,7 @@ use std::sync::Arc;
 use kiln_testkit::TestHome;
 
 fn kiln(th: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args);
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run kiln")
+    kiln_testkit::kiln!(th).args(args).envs(env.iter().copied()).output().expect("run kiln")
 }
 
 fn text(b: &[u8]) -> String {

@@ -1,17 +1,12 @@
 //! `kiln run` end to end: the real binary, real VMs, real exit codes.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kiln_testkit::TestHome;
 
 fn kiln(th: &TestHome, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args);
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
-    c.output().expect("run kiln")
+    kiln_testkit::kiln!(th).args(args).output().expect("run kiln")
 }
 
 fn text(b: &[u8]) -> String {
@@ -58,11 +53,8 @@ fn timeout_exits_124_and_leaves_no_qemu() {
 #[test]
 fn env_workdir_and_stdin() {
     let th = TestHome::new();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut c = kiln_testkit::kiln!(&th);
     c.args(["run", "-i", "-e", "A=1", "-e", "B=x y", "-w", "/tmp", "--", "sh", "-c", "echo $A $B; pwd; wc -l"]);
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
     c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     use std::io::Write;

@@ -1,7 +1,14 @@
 //! Test support for kiln's integration tests: a kiln home that shares the artifact cache but
-//! has its own short run folder, sandbox fixtures, and leak checks (over `kiln_core::leaks`,
-//! which `kiln bench load` uses too).
+//! has its own short run folder, sandbox fixtures, leak checks (over `kiln_core::leaks`, which
+//! `kiln bench load` uses too), the `kiln` command of a test ([`kiln!`]) and a `kiln serve`
+//! fixture ([`Daemon`]).
 #![forbid(unsafe_code)]
+
+mod command;
+mod daemon;
+
+pub use command::kiln;
+pub use daemon::Daemon;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
