@@ -5,15 +5,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_core::sandbox::{ensure_snapshot, qemu_version, CreateMode};
 use kiln_core::snapshot::{self, Expected, Unusable};
-use kiln_core::{ExecRequest, Output, Sandbox, SandboxOptions};
+use kiln_core::{ExecRequest, Sandbox, SandboxOptions};
 use kiln_image::store::Digest;
-use kiln_testkit::TestHome;
+use kiln_testkit::{exec, TestHome};
 
+/// The stdout of a shell script that must exit 0 within 120 s.
 async fn out(sbx: &Sandbox, script: &str) -> String {
-    let mut v = Vec::new();
-    let o = sbx.exec(ExecRequest::shell(script).timeout(Duration::from_secs(120)), |o| if let Output::Stdout(d) = o { v.extend_from_slice(d) }).await.unwrap();
-    assert_eq!(o.exit_code(), 0, "{script}");
-    String::from_utf8(v).unwrap()
+    let c = exec(sbx, ExecRequest::shell(script).timeout(Duration::from_secs(120))).await;
+    assert_eq!(c.exit_code(), 0, "{script}: {}", c.stderr);
+    c.stdout
 }
 
 fn now() -> i64 {

@@ -1,14 +1,16 @@
 //! Test support for kiln's integration tests: a kiln home that shares the artifact cache but
 //! has its own short run folder, sandbox fixtures, leak checks (over `kiln_core::leaks`, which
-//! `kiln bench load` uses too), the `kiln` command of a test ([`kiln!`]) and a `kiln serve`
-//! fixture ([`Daemon`]).
+//! `kiln bench load` uses too), the `kiln` command of a test ([`kiln!`]), a `kiln serve`
+//! fixture ([`Daemon`]) and an exec helper ([`exec()`]).
 #![forbid(unsafe_code)]
 
 mod command;
 mod daemon;
+mod exec;
 
 pub use command::kiln;
 pub use daemon::Daemon;
+pub use exec::{exec, sh, Collected};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
