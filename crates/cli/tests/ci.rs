@@ -63,6 +63,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn matrix_artifacts_and_provenance_verify() {
     let th = TestHome::for_daemon();
     let out = tempfile::tempdir().unwrap();
@@ -98,6 +99,7 @@ fn matrix_artifacts_and_provenance_verify() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn failing_cell_fails_the_run_and_timeouts_are_124() {
     let th = TestHome::for_daemon();
     let r = repo(&[("build.sh", "test \"$X\" = good")]);
@@ -117,6 +119,7 @@ fn failing_cell_fails_the_run_and_timeouts_are_124() {
 /// The malicious pull request: everything it tries fails or is masked, the report shows the
 /// denied egress, and the next job starts clean.
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn malicious_pull_request() {
     let th = TestHome::for_daemon();
     let (ok_port, ok_hits) = http_server("127.0.0.2");
@@ -261,6 +264,7 @@ exit 0
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn clones_a_url_through_the_egress_proxy() {
     let th = TestHome::for_daemon();
     // A repository served over dumb HTTP on a loopback address of the host.

@@ -39,6 +39,7 @@ fn tiny(ttl: i64) -> CreateSandbox {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn lifecycle_exec_files_fork_and_ttl() {
     let th = TestHome::for_daemon();
     let d = Daemon::start(&th, &[]);
@@ -109,6 +110,7 @@ async fn reqwest_metrics(c: &Client) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn limits_answer_429() {
     let th = TestHome::for_daemon();
     let d = Daemon::start(&th, &["--max-sandboxes", "1"]);
@@ -129,6 +131,7 @@ async fn limits_answer_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
     let th = TestHome::for_daemon();
     let mut d = Daemon::start(&th, &[]);
@@ -163,6 +166,7 @@ async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
 /// frame that never completes): each time the exec fails with a clear error, the sandbox is
 /// failed and destroyed, and the daemon carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn a_hostile_agent_fails_its_sandbox_and_the_daemon_carries_on() {
     // A home of its own: the hostile agent's template snapshot stays out of the shared cache.
     let th = TestHome::isolated();
@@ -194,6 +198,7 @@ async fn a_hostile_agent_fails_its_sandbox_and_the_daemon_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn ci_run_through_the_daemon() {
     let th = TestHome::for_daemon();
     let d = Daemon::start(&th, &[]);

@@ -15,6 +15,7 @@ fn stage(th: &TestHome, daemon: &Daemon, args: &[&str], env: &[(&str, &str)]) ->
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn four_stages_like_gitlab_runner() {
     let th = TestHome::for_daemon();
     let daemon = Daemon::start(kiln!(&th), &th, &[]);

@@ -10,6 +10,7 @@ use kiln_testkit::{kiln, Daemon, TestHome};
 const PYTHON: &str = "/usr/bin/python3";
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn python_sdk_against_a_real_daemon() {
     let th = TestHome::for_daemon();
     let daemon = Daemon::start(kiln!(&th), &th, &[]);

@@ -36,6 +36,7 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn a_full_disk_during_a_bake_is_a_clear_error_and_nothing_half_written_is_used() {
     let th = TestHome::isolated();
     let opts = SandboxOptions { template: "tiny".into(), ..SandboxOptions::default() };

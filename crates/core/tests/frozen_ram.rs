@@ -84,6 +84,7 @@ async fn answers(sbx: &Sandbox) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn no_vmm_can_write_a_frozen_ram_file() {
     let th = TestHome::new();
     // A template snapshot.

@@ -24,6 +24,7 @@ fn kib(field: String) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn the_vmm_runs_confined() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -75,6 +76,7 @@ async fn the_vmm_runs_confined() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn fork_bomb_meets_the_guest_limits_and_the_sandbox_lives_on() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -104,6 +106,7 @@ done"#;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn memory_hog_meets_the_guest_oom_killer_and_the_host_is_bounded() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -121,6 +124,7 @@ async fn memory_hog_meets_the_guest_oom_killer_and_the_host_is_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn disk_fill_stops_at_the_disk_size() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -136,6 +140,7 @@ async fn disk_fill_stops_at_the_disk_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn output_flood_is_cut_at_the_cap_and_not_buffered() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -163,6 +168,7 @@ async fn output_flood_is_cut_at_the_cap_and_not_buffered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn kernel_panic_and_halt_are_reported_as_such() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -180,6 +186,7 @@ async fn kernel_panic_and_halt_are_reported_as_such() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -207,6 +214,7 @@ async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
 /// A VMM that got out of its guest could rewrite its overlay's header before the overlay is
 /// frozen for a fork, naming any file as its backing file. The clones' jail must not show it.
 #[test]
+#[ignore = "needs QEMU: run `make test`, or `cargo test -- --include-ignored` once `make deps` installed it"]
 fn a_disk_chain_naming_a_non_image_file_is_refused() {
     use kiln_vmm::driver::{Memory, VmSpec};
     let d = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ use kiln_testkit::{exec, sh, Boot, TestHome};
 use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn exec_semantics() {
     for how in Boot::ALL {
         exec_semantics_in(how).await;
@@ -68,6 +69,7 @@ async fn exec_semantics_in(how: Boot) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn timeout_kills_the_whole_process_group() {
     for how in Boot::ALL {
         timeout_kills_in(how).await;
@@ -101,6 +103,7 @@ async fn timeout_kills_in(how: Boot) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn files_round_trip() {
     for how in Boot::ALL {
         files_round_trip_in(how).await;
