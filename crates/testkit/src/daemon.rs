@@ -14,6 +14,7 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running `kiln serve`.
+#[derive(Debug)]
 pub struct Daemon {
     child: Child,
     socket: PathBuf,
@@ -103,5 +104,40 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("kiln serve's stderr:\n{}", self.stderr());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for kiln: `sh -c SCRIPT serve --socket PATH`, so `$2` is the socket path.
+    fn fake(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[test]
+    fn a_daemon_that_exits_early_is_reported_with_its_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kiln.sock");
+        let start = std::panic::AssertUnwindSafe(|| Daemon::start_at(fake("echo cannot start >&2; exit 3"), &socket, &[]));
+        let e = std::panic::catch_unwind(start).unwrap_err();
+        let msg = e.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("exited") && msg.contains("cannot start"), "{msg}");
+    }
+
+    #[test]
+    fn a_listening_daemon_is_stopped_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kiln.sock");
+        let mut d = Daemon::start_at(fake(r#"echo up >&2; touch "$2"; exec sleep 30"#), &socket, &[]);
+        assert_eq!((d.socket(), d.host()), (socket.as_path(), format!("unix://{}", socket.display())));
+        assert!(wait_until(Duration::from_secs(5), || d.stderr() == "up\n"), "{:?}", d.stderr());
+        let pid = d.pid();
+        let status = d.stop().expect("exits on SIGTERM");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15));
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "not reaped");
     }
 }
