@@ -37,11 +37,12 @@ demo: doctor
 	$(KILN) verify --provenance .kiln-demo-out/V=1/provenance.intoto.json --artifact .kiln-demo-out/V=1/artifacts/dist/hello-1
 
 # Everything: unit tests, then integration tests that boot real VMs (templates are built
-# once and cached by digest under KILN_HOME).
+# once and cached by digest under KILN_HOME). The tests that need QEMU or built templates are
+# #[ignore]d for a plain `cargo test`; --include-ignored runs them here.
 test: doctor
 	$(KILN) template build tiny
 	$(KILN) template build base
-	cargo test --release --locked --workspace -- --test-threads=2
+	cargo test --release --locked --workspace -- --include-ignored --test-threads=2
 
 # Coverage-guided fuzzing (libFuzzer via cargo-fuzz, nightly toolchain) of the host-side
 # decoders and the API's request parsing, FUZZ_SECS seconds per target. Not part of `make test`.

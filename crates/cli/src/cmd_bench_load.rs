@@ -5,12 +5,12 @@
 //! Leaks are the difference between the host before the N sandboxes and after they are gone,
 //! so nothing else should create sandboxes in the same `KILN_HOME` during the run.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use kiln_core::leaks::{HostState, Leaks};
 use kiln_core::{ExecRequest, Output, Sandbox, SandboxError};
 use kiln_image::Home;
 use serde_json::json;
@@ -211,106 +211,6 @@ async fn baseline(home: &Home, template: &str) -> Result<(Vec<f64>, Vec<f64>), S
     Ok((exec, file))
 }
 
-/// The host as far as leaks are concerned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct HostState {
-    /// Descendant processes of this one, as "pid (comm)".
-    processes: BTreeSet<String>,
-    fds: usize,
-    run: BTreeSet<String>,
-    shm: BTreeSet<String>,
-    cgroups: BTreeSet<String>,
-}
-
-/// What is in `after` and not in `before`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Leaks {
-    processes: Vec<String>,
-    fds: usize,
-    run: Vec<String>,
-    shm: Vec<String>,
-    cgroups: Vec<String>,
-}
-
-impl Leaks {
-    fn between(before: &HostState, after: &HostState) -> Leaks {
-        let new = |a: &BTreeSet<String>, b: &BTreeSet<String>| b.difference(a).cloned().collect::<Vec<_>>();
-        Leaks {
-            processes: new(&before.processes, &after.processes),
-            fds: after.fds.saturating_sub(before.fds),
-            run: new(&before.run, &after.run),
-            shm: new(&before.shm, &after.shm),
-            cgroups: new(&before.cgroups, &after.cgroups),
-        }
-    }
-
-    fn total(&self) -> usize {
-        self.processes.len() + self.fds + self.run.len() + self.shm.len() + self.cgroups.len()
-    }
-}
-
-/// (pid, comm, ppid) from the text of `/proc/PID/stat` (comm may hold spaces and parens).
-fn parse_stat(text: &str) -> Option<(u32, String, u32)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let mut rest = text[close + 1..].split_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((pid, comm, ppid))
-}
-
-/// The descendants of `root` among (pid, comm, ppid) entries, as "pid (comm)".
-fn descendants(root: u32, procs: &[(u32, String, u32)]) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut parents = vec![root];
-    let mut seen = BTreeSet::from([root]);
-    while let Some(p) = parents.pop() {
-        for (pid, comm, ppid) in procs {
-            if *ppid == p && seen.insert(*pid) {
-                found.insert(format!("{pid} ({comm})"));
-                parents.push(*pid);
-            }
-        }
-    }
-    found
-}
-
-fn names(dir: &std::path::Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
-}
-
-fn host_state(home: &Home) -> HostState {
-    let me = std::process::id();
-    let procs: Vec<_> = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter_map(|t| parse_stat(&t))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mine = format!("vmm-{me}-");
-    let cgroups = match kiln_vmm::confine::host() {
-        Ok(c) => c
-            .cgroups()
-            .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&mine)))
-            .map(|p| p.display().to_string())
-            .collect(),
-        Err(_) => BTreeSet::new(),
-    };
-    HostState {
-        processes: descendants(me, &procs),
-        fds: std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0),
-        run: names(home.run()),
-        shm: names(home.shm()),
-        cgroups,
-    }
-}
-
 /// Peak host memory seen while sampling, in KiB.
 #[derive(Debug, Default, Clone, Copy)]
 struct MemPeak {
@@ -387,7 +287,7 @@ async fn load(home: &Home, a: &LoadArgs) -> Result<serde_json::Value, SandboxErr
     let n = a.sandboxes as usize;
     progress(&format!("baseline: one {template} sandbox alone, {BASELINE_OPS} execs and {BASELINE_OPS} file cycles"));
     let (base_exec, base_file) = baseline(home, template).await?;
-    let before = host_state(home);
+    let before = HostState::now(home);
     let cgroups_checked = kiln_vmm::confine::host().map(|_| true).unwrap_or(false);
 
     let t0 = Instant::now();
@@ -418,10 +318,10 @@ async fn load(home: &Home, a: &LoadArgs) -> Result<serde_json::Value, SandboxErr
     }
     drop(sandboxes);
     let settle_start = Instant::now();
-    let mut after = host_state(home);
+    let mut after = HostState::now(home);
     while Leaks::between(&before, &after).total() > 0 && settle_start.elapsed() < SETTLE {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        after = host_state(home);
+        after = HostState::now(home);
     }
     let settle_ms = ms(settle_start.elapsed());
     let leaks = Leaks::between(&before, &after);
@@ -512,41 +412,6 @@ async fn load(home: &Home, a: &LoadArgs) -> Result<serde_json::Value, SandboxErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn state(procs: &[&str], fds: usize, run: &[&str]) -> HostState {
-        HostState {
-            processes: procs.iter().map(|s| s.to_string()).collect(),
-            fds,
-            run: run.iter().map(|s| s.to_string()).collect(),
-            ..HostState::default()
-        }
-    }
-
-    #[test]
-    fn leaks_are_what_is_new() {
-        let before = state(&["10 (a)"], 12, &["sbx-old"]);
-        let same = state(&["10 (a)"], 12, &["sbx-old"]);
-        assert_eq!(Leaks::between(&before, &same).total(), 0);
-        // Gone things and fewer fds are not leaks; new ones are.
-        let fewer = state(&[], 9, &[]);
-        assert_eq!(Leaks::between(&before, &fewer).total(), 0);
-        let more = state(&["10 (a)", "42 (qemu)"], 15, &["sbx-old", "sbx-new"]);
-        let l = Leaks::between(&before, &more);
-        assert_eq!(l.processes, vec!["42 (qemu)".to_string()]);
-        assert_eq!(l.fds, 3);
-        assert_eq!(l.run, vec!["sbx-new".to_string()]);
-        assert_eq!(l.total(), 5);
-    }
-
-    #[test]
-    fn stat_lines_and_descendants() {
-        assert_eq!(parse_stat("42 (qemu-system-x86) S 7 42 42 0"), Some((42, "qemu-system-x86".into(), 7)));
-        assert_eq!(parse_stat("43 (a) b (c)) R 42 1"), Some((43, "a) b (c)".into(), 42)));
-        assert_eq!(parse_stat("garbage"), None);
-        let procs = vec![(42, "q".to_string(), 7), (43, "r".to_string(), 42), (44, "s".to_string(), 1), (7, "kiln".to_string(), 1)];
-        let d = descendants(7, &procs);
-        assert_eq!(d, BTreeSet::from(["42 (q)".to_string(), "43 (r)".to_string()]));
-    }
 
     #[test]
     fn payloads_differ_per_op() {

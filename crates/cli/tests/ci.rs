@@ -10,15 +10,7 @@ use std::sync::Arc;
 use kiln_testkit::TestHome;
 
 fn kiln(th: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args);
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run kiln")
+    kiln_testkit::kiln!(th).args(args).envs(env.iter().copied()).output().expect("run kiln")
 }
 
 fn text(b: &[u8]) -> String {
@@ -71,6 +63,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn matrix_artifacts_and_provenance_verify() {
     let th = TestHome::for_daemon();
     let out = tempfile::tempdir().unwrap();
@@ -106,6 +99,7 @@ fn matrix_artifacts_and_provenance_verify() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn failing_cell_fails_the_run_and_timeouts_are_124() {
     let th = TestHome::for_daemon();
     let r = repo(&[("build.sh", "test \"$X\" = good")]);
@@ -125,6 +119,7 @@ fn failing_cell_fails_the_run_and_timeouts_are_124() {
 /// The malicious pull request: everything it tries fails or is masked, the report shows the
 /// denied egress, and the next job starts clean.
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn malicious_pull_request() {
     let th = TestHome::for_daemon();
     let (ok_port, ok_hits) = http_server("127.0.0.2");
@@ -269,6 +264,7 @@ exit 0
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn clones_a_url_through_the_egress_proxy() {
     let th = TestHome::for_daemon();
     // A repository served over dumb HTTP on a loopback address of the host.

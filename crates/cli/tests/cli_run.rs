@@ -1,17 +1,12 @@
 //! `kiln run` end to end: the real binary, real VMs, real exit codes.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kiln_testkit::TestHome;
 
 fn kiln(th: &TestHome, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args);
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
-    c.output().expect("run kiln")
+    kiln_testkit::kiln!(th).args(args).output().expect("run kiln")
 }
 
 fn text(b: &[u8]) -> String {
@@ -19,6 +14,7 @@ fn text(b: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn streams_and_exit_code() {
     let th = TestHome::new();
     let o = kiln(&th, &["run", "--template", "tiny", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
@@ -29,6 +25,7 @@ fn streams_and_exit_code() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn signal_and_not_found_codes() {
     let th = TestHome::new();
     let o = kiln(&th, &["run", "--", "sh", "-c", "kill -9 $$"]);
@@ -42,6 +39,7 @@ fn signal_and_not_found_codes() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn timeout_exits_124_and_leaves_no_qemu() {
     let th = TestHome::new();
     let t0 = Instant::now();
@@ -56,13 +54,11 @@ fn timeout_exits_124_and_leaves_no_qemu() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn env_workdir_and_stdin() {
     let th = TestHome::new();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut c = kiln_testkit::kiln!(&th);
     c.args(["run", "-i", "-e", "A=1", "-e", "B=x y", "-w", "/tmp", "--", "sh", "-c", "echo $A $B; pwd; wc -l"]);
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
     c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     use std::io::Write;
@@ -74,6 +70,7 @@ fn env_workdir_and_stdin() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn bad_input_gets_one_line_and_code_2() {
     let th = TestHome::new();
     for args in [
@@ -109,6 +106,7 @@ fn every_command_has_help() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn template_ls_shows_built_templates() {
     let th = TestHome::new();
     let o = kiln(&th, &["template", "ls"]);
@@ -118,6 +116,7 @@ fn template_ls_shows_built_templates() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn base_template_has_git() {
     let th = TestHome::new();
     let o = kiln(&th, &["run", "--template", "base", "--", "git", "--version"]);
@@ -127,6 +126,7 @@ fn base_template_has_git() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn restores_by_default_with_a_new_boot_id_each_time() {
     let th = TestHome::new();
     let run = || kiln(&th, &["run", "-v", "--template", "tiny", "--", "cat", "/proc/sys/kernel/random/boot_id"]);
@@ -143,6 +143,7 @@ fn restores_by_default_with_a_new_boot_id_each_time() {
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn bench_reports_ratios_as_json() {
     let th = TestHome::new();
     let o = kiln(&th, &["bench", "create", "-n", "3", "--cold", "1", "--json"]);

@@ -4,21 +4,15 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+
+use kiln_testkit::{kiln, Daemon};
 
 const NOBODY: u32 = 65534;
 
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
 fn as_nobody(home: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut c = kiln!();
     c.args(args).env("HOME", home).env("KILN_HOME", home).env("KILN_RUN_DIR", home.join("run")).stdin(Stdio::null()).uid(NOBODY).gid(NOBODY);
-    for (k, v) in env {
-        c.env(k, v);
-    }
+    c.envs(env.iter().copied());
     c
 }
 
@@ -41,10 +35,7 @@ fn an_unconfinable_host_is_reported_and_refused_unless_opted_out() {
     assert!(!socket.exists());
 
     // Opting out: it starts, and warns.
-    let child = as_nobody(home.path(), &["serve", "--socket", socket.to_str().unwrap()], &[("KILN_CONFINE", "off")]).stderr(Stdio::piped()).spawn().unwrap();
-    assert!(kiln_testkit::wait_until(Duration::from_secs(20), || socket.exists()), "the opted-out daemon did not listen");
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let o = child.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stderr).contains("WARNING: KILN_CONFINE=off"));
+    let mut d = Daemon::start_at(as_nobody(home.path(), &[], &[("KILN_CONFINE", "off")]), &socket, &[]);
+    d.stop();
+    assert!(d.stderr().contains("WARNING: KILN_CONFINE=off"), "{}", d.stderr());
 }

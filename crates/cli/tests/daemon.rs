@@ -1,14 +1,15 @@
 //! `kiln serve` end to end: a real daemon process, real VMs, the Rust client, crash recovery.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use kiln_client::{Client, ClientError, CreateSandbox, ExecRequest, Target};
 use kiln_daemon::store::Store;
-use kiln_testkit::{wait_until, TestHome};
+use kiln_testkit::{kiln, wait_until, TestHome};
 
+/// A `kiln serve` of the test home (stopped when dropped) and a client of it.
 struct Daemon {
-    child: Child,
+    d: kiln_testkit::Daemon,
     client: Client,
 }
 
@@ -18,48 +19,19 @@ impl Daemon {
     }
 
     fn start_with(th: &TestHome, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Daemon {
-        let socket = th.home.root().join("kiln.sock");
-        let _ = std::fs::remove_file(&socket); // left by a daemon killed with -9
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        c.arg("serve").arg("--socket").arg(&socket).args(extra).stdin(Stdio::null());
-        for (k, v) in th.env() {
-            c.env(k, v);
-        }
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("start kiln serve");
-        assert!(wait_until(Duration::from_secs(20), || socket.exists()), "daemon did not listen");
+        let mut c = kiln!(th);
+        c.envs(env.iter().copied());
+        let d = kiln_testkit::Daemon::start(c, th, extra);
         // The owner's admin door: 0600 from the moment it exists under its name, and the kiln
         // database beside it owner-only too.
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::symlink_metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
-        if let Ok(m) = std::fs::metadata(socket.with_file_name("kiln.db")) {
+        assert_eq!(std::fs::symlink_metadata(d.socket()).unwrap().permissions().mode() & 0o777, 0o600);
+        if let Ok(m) = std::fs::metadata(d.socket().with_file_name("kiln.db")) {
             assert_eq!(m.permissions().mode() & 0o777, 0o600);
         }
-        Daemon { child, client: Client::new(Target::Unix(socket), None) }
+        let client = Client::new(Target::Unix(d.socket().to_owned()), None);
+        Daemon { d, client }
     }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGTERM: the daemon destroys its sandboxes and exits.
-        // SAFETY: the pid is our own child's.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
-        let _ = wait_until(Duration::from_secs(10), || self.child.try_wait().ok().flatten().is_some());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 fn tiny(ttl: i64) -> CreateSandbox {
@@ -67,6 +39,7 @@ fn tiny(ttl: i64) -> CreateSandbox {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn lifecycle_exec_files_fork_and_ttl() {
     let th = TestHome::for_daemon();
     let d = Daemon::start(&th, &[]);
@@ -137,6 +110,7 @@ async fn reqwest_metrics(c: &Client) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn limits_answer_429() {
     let th = TestHome::for_daemon();
     let d = Daemon::start(&th, &["--max-sandboxes", "1"]);
@@ -157,18 +131,19 @@ async fn limits_answer_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
     let th = TestHome::for_daemon();
     let mut d = Daemon::start(&th, &[]);
     let s = d.client.create_sandbox(&tiny(600)).await.unwrap();
-    let daemon_pid = d.child.id();
+    let daemon_pid = d.d.pid();
     assert!(!kiln_testkit::vmm_cgroups_of(daemon_pid).is_empty(), "the VMM has its cgroup");
     let client = d.client.clone();
     let id = s.id.clone();
     let exec = tokio::spawn(async move { client.exec(&id, &ExecRequest::shell("sleep 60")).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!th.vmm_processes().is_empty(), "the VM should be running");
-    d.kill9();
+    d.d.kill9();
     // The caller gets an error, not a hang.
     let r = tokio::time::timeout(Duration::from_secs(10), exec).await.expect("exec did not end").unwrap();
     assert!(r.is_err(), "{r:?}");
@@ -191,6 +166,7 @@ async fn kill_9_of_the_daemon_mid_exec_leaks_nothing() {
 /// frame that never completes): each time the exec fails with a clear error, the sandbox is
 /// failed and destroyed, and the daemon carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn a_hostile_agent_fails_its_sandbox_and_the_daemon_carries_on() {
     // A home of its own: the hostile agent's template snapshot stays out of the shared cache.
     let th = TestHome::isolated();
@@ -222,6 +198,7 @@ async fn a_hostile_agent_fails_its_sandbox_and_the_daemon_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn ci_run_through_the_daemon() {
     let th = TestHome::for_daemon();
     let d = Daemon::start(&th, &[]);
@@ -229,12 +206,9 @@ async fn ci_run_through_the_daemon() {
     let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(repo.path()).status().unwrap().success(), "{cmd}");
     sh("git init -q && echo 'echo built; echo \"tok=$TOK\"; exit 3' > build.sh && git add -A && git -c user.email=a@b -c user.name=a commit -qm i");
     let out = tempfile::tempdir().unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut c = kiln!(&th);
     c.args(["ci", "run", "--daemon", "--repo"]).arg(repo.path()).args(["--build", "sh build.sh", "--secret", "TOK", "--out"]).arg(out.path());
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
-    c.env("KILN_HOST", format!("unix://{}", th.home.root().join("kiln.sock").display())).env("TOK", "sekrit-value-1");
+    c.env("KILN_HOST", d.d.host()).env("TOK", "sekrit-value-1");
     let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
     let log = std::fs::read_to_string(out.path().join("build/build.log")).unwrap();

@@ -1,44 +1,32 @@
 //! The GitLab custom executor driver, driven the way gitlab-runner drives it: config, prepare,
 //! run (once per stage), cleanup, with GitLab's exit-code variables.
 
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Output, Stdio};
 
-use kiln_testkit::{wait_until, TestHome};
+use kiln_testkit::{kiln, Daemon, TestHome};
 
-fn stage(th: &TestHome, socket: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+fn stage(th: &TestHome, daemon: &Daemon, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = kiln!(th);
     c.arg("gitlab").args(args).stdin(Stdio::null());
-    for (k, v) in th.env() {
-        c.env(k, v);
-    }
-    c.env("KILN_HOST", format!("unix://{}", socket.display()));
+    c.env("KILN_HOST", daemon.host());
     c.env("BUILD_FAILURE_EXIT_CODE", "77").env("SYSTEM_FAILURE_EXIT_CODE", "88");
-    for (k, v) in env {
-        c.env(k, v);
-    }
+    c.envs(env.iter().copied());
     c.output().expect("run kiln gitlab")
 }
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn four_stages_like_gitlab_runner() {
     let th = TestHome::for_daemon();
-    let socket = th.home.root().join("kiln.sock");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    serve.arg("serve").arg("--socket").arg(&socket).stdin(Stdio::null());
-    for (k, v) in th.env() {
-        serve.env(k, v);
-    }
-    let mut daemon = serve.spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(20), || socket.exists()));
+    let daemon = Daemon::start(kiln!(&th), &th, &[]);
     let job = [("CUSTOM_ENV_CI_JOB_ID", "4242"), ("CUSTOM_ENV_CI_JOB_TIMEOUT", "600")];
 
-    let o = stage(&th, &socket, &["config"], &job);
+    let o = stage(&th, &daemon, &["config"], &job);
     let cfg: serde_json::Value = serde_json::from_slice(&o.stdout).expect("config JSON");
     assert_eq!(cfg["driver"]["name"], "kiln");
     assert_eq!(cfg["builds_dir_is_shared"], false);
 
-    let o = stage(&th, &socket, &["prepare"], &job);
+    let o = stage(&th, &daemon, &["prepare"], &job);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
 
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +36,7 @@ fn four_stages_like_gitlab_runner() {
         p
     };
     let sources = script("get_sources", "mkdir -p /builds/proj && echo 'int main(void){return 0;}' > /builds/proj/m.c && echo fetched");
-    let o = stage(&th, &socket, &["run", sources.to_str().unwrap(), "get_sources"], &job);
+    let o = stage(&th, &daemon, &["run", sources.to_str().unwrap(), "get_sources"], &job);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("fetched"));
 
@@ -56,24 +44,21 @@ fn four_stages_like_gitlab_runner() {
     // BUILD_FAILURE_EXIT_CODE and reports its real code in BUILD_EXIT_CODE_FILE.
     let code_file = dir.path().join("exit-code");
     let build = script("build_script", "cd /builds/proj && cc -o m m.c && ./m && echo built >&2 && exit 7");
-    let o = stage(&th, &socket, &["run", build.to_str().unwrap(), "build_script"], &[job[0], job[1], ("BUILD_EXIT_CODE_FILE", code_file.to_str().unwrap())]);
+    let o = stage(&th, &daemon, &["run", build.to_str().unwrap(), "build_script"], &[job[0], job[1], ("BUILD_EXIT_CODE_FILE", code_file.to_str().unwrap())]);
     assert_eq!(o.status.code(), Some(77), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("built"));
     assert_eq!(std::fs::read_to_string(&code_file).unwrap().trim(), "7");
 
     // A job the executor knows nothing of: a system failure, not a build failure.
-    let o = stage(&th, &socket, &["run", build.to_str().unwrap(), "build_script"], &[("CUSTOM_ENV_CI_JOB_ID", "9999")]);
+    let o = stage(&th, &daemon, &["run", build.to_str().unwrap(), "build_script"], &[("CUSTOM_ENV_CI_JOB_ID", "9999")]);
     assert_eq!(o.status.code(), Some(88), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let o = stage(&th, &socket, &["cleanup"], &job);
+    let o = stage(&th, &daemon, &["cleanup"], &job);
     assert_eq!(o.status.code(), Some(0));
     assert!(!th.home.root().join("gitlab/4242.sandbox").exists());
     // Cleanup twice is fine.
-    assert_eq!(stage(&th, &socket, &["cleanup"], &job).status.code(), Some(0));
+    assert_eq!(stage(&th, &daemon, &["cleanup"], &job).status.code(), Some(0));
 
-    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
-    let _ = wait_until(Duration::from_secs(10), || daemon.try_wait().ok().flatten().is_some());
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     th.assert_clean();
 }

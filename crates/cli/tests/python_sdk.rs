@@ -1,32 +1,25 @@
 //! The Python SDK's pytest suite, unit tests and tests against a real daemon with real VMs.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use kiln_testkit::{wait_until, TestHome};
+use kiln_testkit::{kiln, Daemon, TestHome};
 
 /// Debian's Python, where `make deps` installs pytest (python3-pytest); a `python3` earlier on
 /// `PATH` (pyenv, a virtualenv) may have no pytest.
 const PYTHON: &str = "/usr/bin/python3";
 
 #[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 fn python_sdk_against_a_real_daemon() {
     let th = TestHome::for_daemon();
-    let socket = th.home.root().join("kiln.sock");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    serve.arg("serve").arg("--socket").arg(&socket).stdin(Stdio::null());
-    for (k, v) in th.env() {
-        serve.env(k, v);
-    }
-    let mut daemon = serve.spawn().expect("start kiln serve");
-    assert!(wait_until(Duration::from_secs(20), || socket.exists()), "daemon did not listen");
+    let daemon = Daemon::start(kiln!(&th), &th, &[]);
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python");
     let out = Command::new(PYTHON)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
         .current_dir(&sdk)
         .env("KILN_TEST_DAEMON", "1")
-        .env("KILN_HOST", format!("unix://{}", socket.display()))
+        .env("KILN_HOST", daemon.host())
         .env("KILN_TEST_TEMPLATE", "tiny")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
@@ -36,15 +29,12 @@ fn python_sdk_against_a_real_daemon() {
     let example = Command::new(PYTHON)
         .args(["examples/build_project.py", "base"])
         .current_dir(&sdk)
-        .env("KILN_HOST", format!("unix://{}", socket.display()))
+        .env("KILN_HOST", daemon.host())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run the example");
     // Shut the daemon down: SIGTERM, then wait.
-    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
-    let _ = wait_until(Duration::from_secs(10), || daemon.try_wait().ok().flatten().is_some());
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pytest failed");

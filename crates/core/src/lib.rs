@@ -13,6 +13,7 @@ pub mod exec;
 pub mod files;
 pub mod fork;
 pub mod fork_base;
+pub mod leaks;
 pub mod random;
 pub mod sandbox;
 pub mod snapshot;

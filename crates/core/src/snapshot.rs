@@ -563,6 +563,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs QEMU: run `make test`, or `cargo test -- --include-ignored` once `make deps` installed it"]
     fn overlays_record_the_resolved_backing_path() {
         let t = tempfile::tempdir().unwrap();
         let real = t.path().join("real");

@@ -6,23 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_core::{ExecOutcome, ExecRequest, Output, Sandbox, SandboxError};
-use kiln_testkit::{Boot, TestHome};
+use kiln_core::{ExecRequest, Output, Sandbox, SandboxError};
+use kiln_testkit::{exec, Boot, Collected, TestHome};
 
-async fn run(sbx: &Sandbox, req: ExecRequest) -> (String, String, Result<ExecOutcome, SandboxError>) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let r = sbx
-        .exec(req, |o| match o {
-            Output::Stdout(d) => out.extend_from_slice(d),
-            Output::Stderr(d) => err.extend_from_slice(d),
-        })
-        .await;
-    (String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned(), r)
-}
-
-async fn sh(sbx: &Sandbox, script: &str) -> (String, String, ExecOutcome) {
-    let (o, e, r) = run(sbx, ExecRequest::shell(script).timeout(Duration::from_secs(60))).await;
-    (o, e, r.expect("exec"))
+/// A shell script with a 60 s timeout; panics if the exec fails.
+async fn sh(sbx: &Sandbox, script: &str) -> Collected {
+    exec(sbx, ExecRequest::shell(script).timeout(Duration::from_secs(60))).await.checked()
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -35,6 +24,7 @@ fn kib(field: String) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn the_vmm_runs_confined() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -86,6 +76,7 @@ async fn the_vmm_runs_confined() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn fork_bomb_meets_the_guest_limits_and_the_sandbox_lives_on() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -97,13 +88,13 @@ while :; do
   read k v < /sys/fs/cgroup/kiln/pids.events; [ "$v" != 0 ] && exit 7
   while read k v; do [ "$k" = oom_kill ] && [ "$v" != 0 ] && exit 7; done < /sys/fs/cgroup/kiln/memory.events
 done"#;
-    let (_, _, r) = run(&sbx, ExecRequest::shell(bomb).timeout(Duration::from_secs(120))).await;
-    let o = r.expect("the bomb's exec ends");
+    let o = exec(&sbx, ExecRequest::shell(bomb).timeout(Duration::from_secs(120))).await.result.expect("the bomb's exec ends");
     assert_eq!(o.exit_code(), 7, "the bomb never met a limit: {o:?}");
     eprintln!("fork bomb met the guest's limits and was cleaned up in {:?}", t.elapsed());
     let script = "cat /sys/fs/cgroup/kiln/pids.max /proc/sys/kernel/threads-max; ls /sys/fs/cgroup/kiln | grep -c exec-; echo alive";
-    let (out, _, o) = sh(&sbx, script).await;
-    assert_eq!(o.exit_code(), 0);
+    let c = sh(&sbx, script).await;
+    let out = c.stdout;
+    assert_eq!(c.result.unwrap().exit_code(), 0);
     let lines: Vec<&str> = out.lines().collect();
     let (limit, threads_max): (u64, u64) = (lines[0].parse().unwrap(), lines[1].parse().unwrap());
     assert!(limit <= threads_max * 3 / 4, "{out}");
@@ -115,14 +106,15 @@ done"#;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn memory_hog_meets_the_guest_oom_killer_and_the_host_is_bounded() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
     // A 200 MiB buffer, filled: more than the commands of a 256 MiB guest may have together.
-    let (_, _, r) = run(&sbx, ExecRequest::argv(["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]).timeout(Duration::from_secs(60))).await;
-    let o = r.expect("exec");
+    let req = ExecRequest::argv(["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]).timeout(Duration::from_secs(60));
+    let o = exec(&sbx, req).await.result.expect("exec");
     assert_eq!(o.exit_code(), 137, "killed by the guest's OOM killer: {o:?}");
-    let (out, _, _) = sh(&sbx, "grep -E '^oom_kill ' /sys/fs/cgroup/kiln/memory.events; echo alive").await;
+    let out = sh(&sbx, "grep -E '^oom_kill ' /sys/fs/cgroup/kiln/memory.events; echo alive").await.stdout;
     assert!(out.ends_with("alive\n") && !out.starts_with("oom_kill 0"), "{out}");
     // The VMM never grew past its cgroup's limit.
     let hwm = kib(status_field(sbx.vmm_pid(), "VmHWM")) << 10;
@@ -132,22 +124,23 @@ async fn memory_hog_meets_the_guest_oom_killer_and_the_host_is_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn disk_fill_stops_at_the_disk_size() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
-    let (_, err, o) = sh(&sbx, "dd if=/dev/zero of=/fill bs=1M count=1000; r=$?; sync; exit $r").await;
-    assert!(err.contains("No space left on device"), "{err}");
-    assert_ne!(o.exit_code(), 0);
+    let c = sh(&sbx, "dd if=/dev/zero of=/fill bs=1M count=1000; r=$?; sync; exit $r").await;
+    assert!(c.stderr.contains("No space left on device"), "{}", c.stderr);
+    assert_ne!(c.exit_code(), 0);
     let overlay = sbx.run_dir().unwrap().join("overlay.qcow2");
     let size = std::fs::metadata(&overlay).unwrap().len();
     assert!(size <= (64 << 20) + kiln_vmm::confine::FILE_SLACK, "overlay grew to {size} bytes");
-    let (out, _, _) = sh(&sbx, "rm /fill && echo ok > /after && cat /after").await;
-    assert_eq!(out, "ok\n");
+    assert_eq!(sh(&sbx, "rm /fill && echo ok > /after && cat /after").await.stdout, "ok\n");
     sbx.destroy();
     th.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn output_flood_is_cut_at_the_cap_and_not_buffered() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -175,18 +168,17 @@ async fn output_flood_is_cut_at_the_cap_and_not_buffered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn kernel_panic_and_halt_are_reported_as_such() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
-    let (_, _, r) = run(&sbx, ExecRequest::shell("echo c > /proc/sysrq-trigger").timeout(Duration::from_secs(30))).await;
-    let e = r.unwrap_err();
+    let e = exec(&sbx, ExecRequest::shell("echo c > /proc/sysrq-trigger").timeout(Duration::from_secs(30))).await.result.unwrap_err();
     assert!(matches!(e, SandboxError::Died { .. }), "{e}");
     assert!(e.to_string().contains("the guest kernel panicked"), "{e}");
     drop(sbx);
 
     let sbx = th.sandbox("tiny", Boot::Restored).await;
-    let (_, _, r) = run(&sbx, ExecRequest::shell("halt -f").timeout(Duration::from_secs(2))).await;
-    let e = r.unwrap_err();
+    let e = exec(&sbx, ExecRequest::shell("halt -f").timeout(Duration::from_secs(2))).await.result.unwrap_err();
     assert!(e.to_string().contains("the guest halted"), "{e}");
     assert_eq!(sbx.vmm_pid(), 0, "the halted VM was destroyed");
     drop(sbx);
@@ -194,6 +186,7 @@ async fn kernel_panic_and_halt_are_reported_as_such() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
     let th = TestHome::new();
     let sbx = th.sandbox("tiny", Boot::Restored).await;
@@ -204,8 +197,9 @@ async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         Instant::now()
     };
-    let exec = run(&sbx, ExecRequest::shell("echo started; sleep 60"));
-    let (killed_at, (out, _, r)) = tokio::join!(killer, exec);
+    let run = exec(&sbx, ExecRequest::shell("echo started; sleep 60"));
+    let (killed_at, c) = tokio::join!(killer, run);
+    let (out, r) = (c.stdout, c.result);
     let waited = killed_at.elapsed();
     eprintln!("VMM killed mid-exec: the caller had its error {waited:?} after the kill");
     assert_eq!(out, "started\n");
@@ -220,6 +214,7 @@ async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
 /// A VMM that got out of its guest could rewrite its overlay's header before the overlay is
 /// frozen for a fork, naming any file as its backing file. The clones' jail must not show it.
 #[test]
+#[ignore = "needs QEMU: run `make test`, or `cargo test -- --include-ignored` once `make deps` installed it"]
 fn a_disk_chain_naming_a_non_image_file_is_refused() {
     use kiln_vmm::driver::{Memory, VmSpec};
     let d = tempfile::tempdir().unwrap();

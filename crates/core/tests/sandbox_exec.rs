@@ -2,31 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use kiln_core::{ExecRequest, Output, Sandbox, SandboxError};
+use kiln_core::{ExecRequest, SandboxError};
 use kiln_proto::{ErrorKind, ExitStatus, FileKind};
-use kiln_testkit::{Boot, TestHome};
+use kiln_testkit::{exec, sh, Boot, TestHome};
 use sha2::{Digest, Sha256};
 
-/// Runs a shell command and collects (stdout, stderr, interleaved log, outcome).
-async fn sh(sbx: &Sandbox, script: &str) -> (String, String, Vec<(char, String)>, kiln_core::ExecOutcome) {
-    let (mut out, mut err, mut log) = (Vec::new(), Vec::new(), Vec::new());
-    let o = sbx
-        .exec(ExecRequest::shell(script), |o| match o {
-            Output::Stdout(d) => {
-                out.extend_from_slice(d);
-                log.push(('o', String::from_utf8_lossy(d).into_owned()));
-            }
-            Output::Stderr(d) => {
-                err.extend_from_slice(d);
-                log.push(('e', String::from_utf8_lossy(d).into_owned()));
-            }
-        })
-        .await
-        .expect("exec");
-    (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), log, o)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn exec_semantics() {
     for how in Boot::ALL {
         exec_semantics_in(how).await;
@@ -38,21 +20,22 @@ async fn exec_semantics_in(how: Boot) {
     let sbx = th.sandbox("tiny", how).await;
 
     // stdout and stderr separated, each in order.
-    let (out, err, _, o) = sh(&sbx, "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3").await;
+    let c = sh(&sbx, "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3").await;
+    let (out, err, o) = (c.stdout, c.stderr, c.result.expect("exec"));
     assert_eq!(out, "out1\nout2\n");
     assert_eq!(err, "err1\nerr2\n");
     assert_eq!(o.status, ExitStatus::Code(3));
     assert!(!o.timed_out);
 
     // Order across streams when the command paces them.
-    let (_, _, log, _) = sh(&sbx, "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c").await;
+    let log = sh(&sbx, "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c").await.log;
     let kinds: String = log.iter().map(|(k, _)| *k).collect();
     assert_eq!(kinds, "oeo", "{log:?}");
 
     // Exit codes 0 and 1, and a signal.
-    assert_eq!(sh(&sbx, "true").await.3.exit_code(), 0);
-    assert_eq!(sh(&sbx, "false").await.3.exit_code(), 1);
-    let killed = sh(&sbx, "kill -9 $$").await.3;
+    assert_eq!(sh(&sbx, "true").await.exit_code(), 0);
+    assert_eq!(sh(&sbx, "false").await.exit_code(), 1);
+    let killed = sh(&sbx, "kill -9 $$").await.result.expect("exec");
     assert_eq!(killed.status, ExitStatus::Signal(9));
     assert_eq!(killed.exit_code(), 137);
 
@@ -60,28 +43,25 @@ async fn exec_semantics_in(how: Boot) {
     let e = sbx.exec(ExecRequest::argv(["no-such-command"]), |_| {}).await.unwrap_err();
     assert!(matches!(e, SandboxError::Guest { kind: ErrorKind::NotFound, .. }), "{e:?}");
     // ... and through a shell it is the shell's 127.
-    assert_eq!(sh(&sbx, "no-such-command").await.3.exit_code(), 127);
+    assert_eq!(sh(&sbx, "no-such-command").await.exit_code(), 127);
 
     // Env and cwd.
-    let mut out = Vec::new();
     let req = ExecRequest::shell("echo $FOO; pwd").env("FOO", "bar baz").cwd("/tmp");
-    sbx.exec(req, |o| if let Output::Stdout(d) = o { out.extend_from_slice(d) }).await.unwrap();
-    assert_eq!(String::from_utf8(out).unwrap(), "bar baz\n/tmp\n");
+    assert_eq!(exec(&sbx, req).await.checked().stdout, "bar baz\n/tmp\n");
 
     // stdin.
-    let mut out = Vec::new();
     let req = ExecRequest::argv(["wc", "-c"]).stdin_bytes(vec![b'x'; 100_000]);
-    sbx.exec(req, |o| if let Output::Stdout(d) = o { out.extend_from_slice(d) }).await.unwrap();
-    assert_eq!(String::from_utf8(out).unwrap().trim(), "100000");
+    assert_eq!(exec(&sbx, req).await.checked().stdout.trim(), "100000");
 
     // 100,000 lines intact and in order.
-    let (out, _, _, o) = sh(&sbx, "seq 1 100000").await;
+    let c = sh(&sbx, "seq 1 100000").await;
+    let (out, o) = (c.stdout, c.result.expect("exec"));
     assert_eq!(o.exit_code(), 0);
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
     assert!(out == expected, "100k lines differ: got {} bytes, want {}", out.len(), expected.len());
 
     // The guest's own kernel.
-    let (out, _, _, _) = sh(&sbx, "uname -r").await;
+    let out = sh(&sbx, "uname -r").await.stdout;
     assert_eq!(out.trim(), sbx.guest_kernel());
 
     sbx.destroy();
@@ -89,6 +69,7 @@ async fn exec_semantics_in(how: Boot) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn timeout_kills_the_whole_process_group() {
     for how in Boot::ALL {
         timeout_kills_in(how).await;
@@ -105,22 +86,24 @@ async fn timeout_kills_in(how: Boot) {
     assert_eq!(o.exit_code(), 124);
     assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
     // Nothing of it is left in the guest, nor a background job escaped with setsid.
-    let (out, _, _, _) = sh(&sbx, "ps -o pid,args | grep -E 'sleep (1000|999)' | grep -v grep || true").await;
+    let out = sh(&sbx, "ps -o pid,args | grep -E 'sleep (1000|999)' | grep -v grep || true").await.stdout;
     assert_eq!(out.trim(), "", "left in the guest: {out}");
     let req = ExecRequest::shell("setsid sleep 999 & sleep 1000").timeout(Duration::from_secs(1));
     assert!(sbx.exec(req, |_| {}).await.unwrap().timed_out);
-    let (out, _, _, _) = sh(&sbx, "ps -o pid,args | grep -E 'sleep (1000|999)' | grep -v grep || true").await;
+    let out = sh(&sbx, "ps -o pid,args | grep -E 'sleep (1000|999)' | grep -v grep || true").await.stdout;
     assert_eq!(out.trim(), "", "left in the guest: {out}");
     // A background job is killed when its command ends, too.
-    let (out, _, _, o) = sh(&sbx, "sleep 777 & echo started").await;
+    let c = sh(&sbx, "sleep 777 & echo started").await;
+    let (out, o) = (c.stdout, c.result.expect("exec"));
     assert_eq!((out.as_str(), o.exit_code()), ("started\n", 0));
-    let (out, _, _, _) = sh(&sbx, "ps -o pid,args | grep 'sleep 777' | grep -v grep || true").await;
+    let out = sh(&sbx, "ps -o pid,args | grep 'sleep 777' | grep -v grep || true").await.stdout;
     assert_eq!(out.trim(), "");
     sbx.destroy();
     th.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn files_round_trip() {
     for how in Boot::ALL {
         files_round_trip_in(how).await;
@@ -139,7 +122,7 @@ async fn files_round_trip_in(how: Boot) {
     let back = agent.read_bytes("/root/blob.bin", 64 << 20).await.unwrap();
     assert_eq!(hex::encode(Sha256::digest(&back)), want);
     // The guest sees the same bytes.
-    let (out, _, _, _) = sh(&sbx, "sha256sum /root/blob.bin").await;
+    let out = sh(&sbx, "sha256sum /root/blob.bin").await.stdout;
     assert!(out.starts_with(&want), "{out}");
 
     // Mode bits, stat, list, mkdir, remove.
@@ -147,7 +130,7 @@ async fn files_round_trip_in(how: Boot) {
     assert_eq!((st.kind, st.size, st.mode), (FileKind::File, 10 << 20, 0o600));
     agent.mkdir("/root/a/b/c", 0o750, true).await.unwrap();
     agent.write_bytes("/root/a/b/c/x.sh", 0o755, b"#!/bin/sh\necho hi from x\n").await.unwrap();
-    let (out, _, _, _) = sh(&sbx, "/root/a/b/c/x.sh").await;
+    let out = sh(&sbx, "/root/a/b/c/x.sh").await.stdout;
     assert_eq!(out, "hi from x\n");
     let names: Vec<String> = agent.list("/root/a/b/c", 100).await.unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["x.sh"]);

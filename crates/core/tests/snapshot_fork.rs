@@ -5,15 +5,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_core::sandbox::{ensure_snapshot, qemu_version, CreateMode};
 use kiln_core::snapshot::{self, Expected, Unusable};
-use kiln_core::{ExecRequest, Output, Sandbox, SandboxOptions};
+use kiln_core::{ExecRequest, Sandbox, SandboxOptions};
 use kiln_image::store::Digest;
-use kiln_testkit::TestHome;
+use kiln_testkit::{exec, TestHome};
 
+/// The stdout of a shell script that must exit 0 within 120 s.
 async fn out(sbx: &Sandbox, script: &str) -> String {
-    let mut v = Vec::new();
-    let o = sbx.exec(ExecRequest::shell(script).timeout(Duration::from_secs(120)), |o| if let Output::Stdout(d) = o { v.extend_from_slice(d) }).await.unwrap();
-    assert_eq!(o.exit_code(), 0, "{script}");
-    String::from_utf8(v).unwrap()
+    let c = exec(sbx, ExecRequest::shell(script).timeout(Duration::from_secs(120))).await;
+    assert_eq!(c.exit_code(), 0, "{script}: {}", c.stderr);
+    c.stdout
 }
 
 fn now() -> i64 {
@@ -27,6 +27,7 @@ async fn restored(th: &TestHome) -> Sandbox {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn clones_of_one_snapshot_are_different_machines() {
     let th = TestHome::new();
     let a = restored(&th).await;
@@ -53,6 +54,7 @@ async fn clones_of_one_snapshot_are_different_machines() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn template_unchanged_after_clones_write_heavily() {
     let th = TestHome::new();
     let first = restored(&th).await;
@@ -82,6 +84,7 @@ async fn template_unchanged_after_clones_write_heavily() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn damaged_or_foreign_snapshots_are_rebaked_never_restored() {
     let th = TestHome::isolated();
     let progress = std::sync::Mutex::new(Vec::<String>::new());
@@ -151,6 +154,7 @@ async fn damaged_or_foreign_snapshots_are_rebaked_never_restored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
 async fn fork_makes_independent_clones_and_the_parent_carries_on() {
     let th = TestHome::new();
     let opts = SandboxOptions { forkable: true, ..SandboxOptions::default() };

@@ -1,10 +1,21 @@
 //! Test support for kiln's integration tests: a kiln home that shares the artifact cache but
-//! has its own short run folder, sandbox fixtures, and leak checks.
+//! has its own short run folder, sandbox fixtures, leak checks (over `kiln_core::leaks`, which
+//! `kiln bench load` uses too), the `kiln` command of a test ([`kiln!`]), a `kiln serve`
+//! fixture ([`Daemon`]) and an exec helper ([`exec()`]).
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+mod command;
+mod daemon;
+mod exec;
+
+pub use command::kiln;
+pub use daemon::Daemon;
+pub use exec::{exec, sh, Collected};
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use kiln_core::leaks::{processes_mentioning, vmm_cgroups_of, HostState, Leaks};
 use kiln_core::sandbox::CreateMode;
 use kiln_core::{Sandbox, SandboxOptions};
 use kiln_image::Home;
@@ -113,7 +124,7 @@ impl TestHome {
 
     /// Entries left in the run folder.
     pub fn leftovers(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.home.run()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+        kiln_core::leaks::names(self.home.run()).into_iter().map(|n| self.home.run().join(n)).collect()
     }
 
     /// Asserts that no VM of this home is running and no run folder is left (waiting briefly).
@@ -138,36 +149,6 @@ impl Drop for TestHome {
 impl Default for TestHome {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Pids of processes whose command line contains `needle`.
-pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
-    let needle = needle.to_string_lossy().into_owned();
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// The VMM cgroups (in every hierarchy) that kiln process `pid` created and that still
-/// exist. Reads the cgroup file system directly: unlike `kiln_vmm::confine::host()`, it does
-/// not sweep the groups of dead processes, which would hide a leak.
-pub fn vmm_cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let ops = kiln_vmm::hostops::RealHost;
-    let prefix = format!("vmm-{pid}-");
-    match kiln_vmm::confine::detect_layout(&ops) {
-        Ok(l) => l.list(&ops).into_iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))).collect(),
-        Err(_) => Vec::new(),
     }
 }
 
