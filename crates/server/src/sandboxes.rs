@@ -7,7 +7,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_daemon::manager::{CreateRequest, SandboxInfo};
+use kiln_api::SandboxInfo;
+use kiln_daemon::manager::CreateRequest;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
