@@ -13,7 +13,7 @@ pub fn parse_body(op: &str, body: &[u8]) -> ApiResult<()> {
         "forkSandbox" => parse_json::<crate::sandboxes::ForkBody>(body).map(drop),
         "exec" => parse_json::<crate::exec::ExecBody>(body).map(drop),
         "buildTemplate" => parse_json::<crate::templates::BuildBody>(body).map(drop),
-        "ciRun" => parse_json::<kiln_ci::glue::RunRequest>(body).map(drop),
+        "ciRun" => parse_json::<kiln_api::CiRunRequest>(body).map(drop),
         _ => Ok(()),
     }
 }
