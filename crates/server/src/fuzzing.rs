@@ -8,11 +8,11 @@ pub const OPS: [&str; 6] = ["createSandbox", "extendSandbox", "forkSandbox", "ex
 /// Parses `body` as route `op` would, discarding the result.
 pub fn parse_body(op: &str, body: &[u8]) -> ApiResult<()> {
     match op {
-        "createSandbox" => parse_json::<crate::sandboxes::CreateBody>(body).map(drop),
-        "extendSandbox" => parse_json::<crate::sandboxes::ExtendBody>(body).map(drop),
-        "forkSandbox" => parse_json::<crate::sandboxes::ForkBody>(body).map(drop),
-        "exec" => parse_json::<crate::exec::ExecBody>(body).map(drop),
-        "buildTemplate" => parse_json::<crate::templates::BuildBody>(body).map(drop),
+        "createSandbox" => parse_json::<kiln_api::CreateSandbox>(body).map(drop),
+        "extendSandbox" => parse_json::<kiln_api::ExtendSandbox>(body).map(drop),
+        "forkSandbox" => parse_json::<kiln_api::ForkSandbox>(body).map(drop),
+        "exec" => parse_json::<kiln_api::ExecRequest>(body).map(drop),
+        "buildTemplate" => parse_json::<kiln_api::BuildTemplate>(body).map(drop),
         "ciRun" => parse_json::<kiln_api::CiRunRequest>(body).map(drop),
         _ => Ok(()),
     }
