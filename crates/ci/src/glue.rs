@@ -96,11 +96,6 @@ pub fn request(cfg: &CiConfig) -> Result<CiRunRequest, String> {
     })
 }
 
-/// [`request`] as JSON.
-pub fn request_json(cfg: &CiConfig) -> Result<serde_json::Value, String> {
-    serde_json::to_value(request(cfg)?).map_err(|e| e.to_string())
-}
-
 /// The config a run request asks for, checked.
 pub fn into_config(req: CiRunRequest) -> Result<CiConfig, String> {
     if req.timeout_seconds == 0 {
