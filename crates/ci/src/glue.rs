@@ -1,14 +1,13 @@
-//! What a CI run plugs into: kiln's egress proxy and the host's provenance signer, and the JSON
-//! form of a run request for `kiln serve`.
+//! What a CI run plugs into: kiln's egress proxy and the host's provenance signer, and a run
+//! request for `kiln serve` (`kiln_api::CiRunRequest`) made from a config and checked into one.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use kiln_api::CiRunRequest;
 use kiln_core::tunnel::Handler;
 use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver};
 use kiln_image::Home;
-use serde::{Deserialize, Serialize};
 
 use crate::{CiConfig, Egress};
 
@@ -74,69 +73,11 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
 }
 
-/// A run request as `POST /v1/ci/runs` takes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    /// Local path (on the daemon's host) or URL.
-    pub repo: String,
-    /// Ref.
-    #[serde(rename = "ref", default = "head")]
-    pub git_ref: String,
-    /// Build command.
-    pub build: String,
-    /// Setup command.
-    #[serde(default)]
-    pub setup: Option<String>,
-    /// Timeout of each step.
-    #[serde(default = "thirty_minutes")]
-    pub timeout_seconds: u64,
-    /// Template.
-    #[serde(default = "base")]
-    pub template: String,
-    /// Secrets by name (held in memory only).
-    #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
-    /// Secrets for the setup step too.
-    #[serde(default)]
-    pub setup_secrets: bool,
-    /// Egress allowlist.
-    #[serde(default)]
-    pub allow: Vec<String>,
-    /// Cache key files (paths on the daemon's host).
-    #[serde(default)]
-    pub cache_keys: Vec<String>,
-    /// May write the cache.
-    #[serde(default)]
-    pub trusted: bool,
-    /// Matrix axes.
-    #[serde(default)]
-    pub matrix: BTreeMap<String, Vec<String>>,
-    /// Artifact globs.
-    #[serde(default)]
-    pub artifacts: Vec<String>,
-    /// Output folder on the daemon's host.
-    pub out: String,
-    /// Cells at once.
-    #[serde(default)]
-    pub parallel: Option<usize>,
-}
-
-fn head() -> String {
-    "HEAD".into()
-}
-fn thirty_minutes() -> u64 {
-    1800
-}
-fn base() -> String {
-    "base".into()
-}
-
 /// The request for a config (secrets included: send it only over the daemon's socket).
-pub fn request_json(cfg: &CiConfig) -> Result<serde_json::Value, String> {
+pub fn request(cfg: &CiConfig) -> Result<CiRunRequest, String> {
     let out = std::path::absolute(&cfg.out).map_err(|e| e.to_string())?;
     let repo = if crate::source::is_url(&cfg.repo) { cfg.repo.clone() } else { std::path::absolute(&cfg.repo).map_err(|e| e.to_string())?.display().to_string() };
-    let req = RunRequest {
+    Ok(CiRunRequest {
         repo,
         git_ref: cfg.git_ref.clone(),
         build: cfg.build.clone(),
@@ -152,41 +93,38 @@ pub fn request_json(cfg: &CiConfig) -> Result<serde_json::Value, String> {
         artifacts: cfg.artifacts.clone(),
         out: out.display().to_string(),
         parallel: Some(cfg.parallel),
-    };
-    serde_json::to_value(req).map_err(|e| e.to_string())
+    })
 }
 
-impl RunRequest {
-    /// The config it asks for, checked.
-    pub fn into_config(self) -> Result<CiConfig, String> {
-        if self.timeout_seconds == 0 {
-            return Err("timeout_seconds must be positive".into());
-        }
-        for g in &self.artifacts {
-            if !crate::artifacts::valid_glob(g) {
-                return Err(format!("artifact glob {g:?}: use a relative glob of letters, digits and ._-/*?[]"));
-            }
-        }
-        Policy::parse(&self.allow).map_err(|e| format!("allow: {e}"))?;
-        if !std::path::Path::new(&self.out).is_absolute() {
-            return Err("out must be an absolute path".into());
-        }
-        Ok(CiConfig {
-            repo: self.repo,
-            git_ref: self.git_ref,
-            build: self.build,
-            setup: self.setup,
-            timeout: Duration::from_secs(self.timeout_seconds),
-            template: self.template,
-            secrets: self.secrets.into_iter().collect(),
-            setup_secrets: self.setup_secrets,
-            allow: self.allow,
-            cache_keys: self.cache_keys.into_iter().map(Into::into).collect(),
-            trusted: self.trusted,
-            matrix: self.matrix.into_iter().collect(),
-            artifacts: self.artifacts,
-            out: self.out.into(),
-            parallel: self.parallel.unwrap_or(2).max(1),
-        })
+/// The config a run request asks for, checked.
+pub fn into_config(req: CiRunRequest) -> Result<CiConfig, String> {
+    if req.timeout_seconds == 0 {
+        return Err("timeout_seconds must be positive".into());
     }
+    for g in &req.artifacts {
+        if !crate::artifacts::valid_glob(g) {
+            return Err(format!("artifact glob {g:?}: use a relative glob of letters, digits and ._-/*?[]"));
+        }
+    }
+    Policy::parse(&req.allow).map_err(|e| format!("allow: {e}"))?;
+    if !std::path::Path::new(&req.out).is_absolute() {
+        return Err("out must be an absolute path".into());
+    }
+    Ok(CiConfig {
+        repo: req.repo,
+        git_ref: req.git_ref,
+        build: req.build,
+        setup: req.setup,
+        timeout: Duration::from_secs(req.timeout_seconds),
+        template: req.template,
+        secrets: req.secrets.into_iter().collect(),
+        setup_secrets: req.setup_secrets,
+        allow: req.allow,
+        cache_keys: req.cache_keys.into_iter().map(Into::into).collect(),
+        trusted: req.trusted,
+        matrix: req.matrix.into_iter().collect(),
+        artifacts: req.artifacts,
+        out: req.out.into(),
+        parallel: req.parallel.unwrap_or(2).max(1),
+    })
 }

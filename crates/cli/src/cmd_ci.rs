@@ -229,7 +229,7 @@ pub async fn run(cmd: CiCmd) -> i32 {
 
 async fn via_daemon(cfg: &CiConfig) -> Result<Report, CiError> {
     let client = kiln_client::Client::from_env();
-    let body = kiln_ci::glue::request_json(cfg).map_err(CiError::Invalid)?;
+    let body = kiln_ci::glue::request(cfg).map_err(CiError::Invalid)?;
     let v = client.ci_run(&body).await.map_err(|e| CiError::Daemon(e.to_string()))?;
     serde_json::from_value(v).map_err(|e| CiError::Daemon(format!("bad report: {e}")))
 }

@@ -158,21 +158,19 @@ impl Client {
 
     /// Sets the deadline to now + `ttl_seconds`.
     pub async fn extend(&self, id: &str, ttl_seconds: i64) -> Result<Sandbox, ClientError> {
-        self.call(Method::POST, &format!("/v1/sandboxes/{}/extend", enc(id)), Some(&serde_json::json!({ "ttl_seconds": ttl_seconds }))).await
+        self.call(Method::POST, &format!("/v1/sandboxes/{}/extend", enc(id)), Some(&ExtendSandbox { ttl_seconds })).await
     }
 
     /// Forks into `count` clones.
     pub async fn fork(&self, id: &str, count: usize) -> Result<Vec<Sandbox>, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct Forked {
-            sandboxes: Vec<Sandbox>,
-        }
-        let f: Forked = self.call(Method::POST, &format!("/v1/sandboxes/{}/fork", enc(id)), Some(&serde_json::json!({ "count": count }))).await?;
+        // A count past i64 is refused by the daemon's own limit, as any count over it is.
+        let body = ForkSandbox { count: i64::try_from(count).unwrap_or(i64::MAX) };
+        let f: Forked = self.call(Method::POST, &format!("/v1/sandboxes/{}/fork", enc(id)), Some(&body)).await?;
         Ok(f.sandboxes)
     }
 
-    /// Runs a CI job in the daemon (see `kiln_ci::glue::RunRequest`); waits for its report.
-    pub async fn ci_run(&self, request: &serde_json::Value) -> Result<serde_json::Value, ClientError> {
+    /// Runs a CI job in the daemon; waits for its report (`kiln-ci`'s `Report`, as JSON).
+    pub async fn ci_run(&self, request: &CiRunRequest) -> Result<serde_json::Value, ClientError> {
         self.call(Method::POST, "/v1/ci/runs", Some(request)).await
     }
 
@@ -241,11 +239,13 @@ impl Client {
     }
 }
 
+/// The daemon's error answer; one that is not an [`ErrorBody`] (a proxy's page, say) keeps its
+/// status.
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let code = v["error"]["code"].as_str().unwrap_or("unknown").to_owned();
-    let message = v["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("HTTP {status}"));
-    ClientError::Api { status: status.as_u16(), code, message }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error: ErrorDetail { code, message } }) => ClientError::Api { status: status.as_u16(), code, message },
+        Err(_) => ClientError::Api { status: status.as_u16(), code: "unknown".into(), message: format!("HTTP {status}") },
+    }
 }
 
 /// Percent-encodes a query or path component.
@@ -271,5 +271,13 @@ mod tests {
         assert_eq!(Target::parse("http://127.0.0.1:7777/").unwrap(), Target::Tcp("127.0.0.1:7777".into()));
         assert!(Target::parse("ftp://x").is_err());
         assert_eq!(enc("/a b&c"), "/a%20b%26c");
+    }
+
+    #[test]
+    fn error_answers() {
+        let e = api_error(StatusCode::NOT_FOUND, br#"{"error":{"code":"not_found","message":"no sandbox sbx-1"}}"#);
+        assert!(matches!(e, ClientError::Api { status: 404, ref code, ref message } if code == "not_found" && message == "no sandbox sbx-1"));
+        let e = api_error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert!(matches!(e, ClientError::Api { status: 502, ref code, ref message } if code == "unknown" && message == "HTTP 502 Bad Gateway"));
     }
 }

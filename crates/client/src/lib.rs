@@ -1,5 +1,7 @@
 //! A typed, async client for the kiln daemon (`kiln serve`). It speaks HTTP/1.1 over the
 //! daemon's unix socket or over TCP with a bearer token; see `docs/api.md`.
+//! The bodies it sends and reads are `kiln-api`'s, the types the daemon itself uses, so the
+//! two cannot drift apart.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kiln_client::ClientError> {

@@ -5,7 +5,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::ClientError;
-use crate::types::{ExecEvent, ExecExit};
+use crate::types::{ErrorDetail, ExecEvent, ExecExit, OutputChunk};
 
 /// Longest event accepted from the daemon.
 const MAX_EVENT: usize = 1 << 20;
@@ -41,23 +41,41 @@ pub(crate) async fn consume(mut body: Incoming, mut on_event: impl FnMut(ExecEve
 }
 
 fn dispatch(name: &str, data: &str, on_event: &mut impl FnMut(ExecEvent)) -> Result<Option<ExecExit>, ClientError> {
-    let v: serde_json::Value = match serde_json::from_str(data) {
-        Ok(v) => v,
-        Err(_) => return Ok(None), // keep-alive comments and the like
+    if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
+        return Ok(None); // keep-alive comments and the like
+    }
+    let bytes = || {
+        let chunk = serde_json::from_str::<OutputChunk>(data).map(|c| c.b64).unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.decode(chunk).unwrap_or_default()
     };
-    let bytes = || base64::engine::general_purpose::STANDARD.decode(v["b64"].as_str().unwrap_or("")).unwrap_or_default();
     match name {
         "stdout" => on_event(ExecEvent::Stdout(bytes())),
         "stderr" => on_event(ExecEvent::Stderr(bytes())),
-        "exit" => return serde_json::from_value(v).map(Some).map_err(|e| ClientError::Transport(e.to_string())),
+        "exit" => return serde_json::from_str(data).map(Some).map_err(|e| ClientError::Transport(e.to_string())),
         "error" => {
-            return Err(ClientError::Api {
-                status: 502,
-                code: v["code"].as_str().unwrap_or("sandbox_failed").to_owned(),
-                message: v["message"].as_str().unwrap_or("the sandbox failed").to_owned(),
-            })
+            let e = serde_json::from_str::<ErrorDetail>(data)
+                .unwrap_or_else(|_| ErrorDetail { code: "sandbox_failed".into(), message: "the sandbox failed".into() });
+            return Err(ClientError::Api { status: 502, code: e.code, message: e.message });
         }
         _ => {}
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events() {
+        let mut got = Vec::new();
+        assert_eq!(dispatch("stdout", r#"{"b64":"aGk="}"#, &mut |e| got.push(e)).unwrap(), None);
+        assert_eq!(dispatch("stderr", r#"{"b64":"!"}"#, &mut |e| got.push(e)).unwrap(), None);
+        assert_eq!(dispatch("", "", &mut |e| got.push(e)).unwrap(), None);
+        assert_eq!(got, [ExecEvent::Stdout(b"hi".to_vec()), ExecEvent::Stderr(vec![])]);
+        let exit = dispatch("exit", r#"{"exit_code":3,"timed_out":false,"duration_ms":12}"#, &mut |_| {}).unwrap();
+        assert_eq!(exit, Some(ExecExit { exit_code: 3, timed_out: false, duration_ms: 12 }));
+        let e = dispatch("error", r#"{"code":"sandbox_failed","message":"the VM exited"}"#, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, ClientError::Api { status: 502, ref message, .. } if message == "the VM exited"));
+    }
 }

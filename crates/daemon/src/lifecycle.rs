@@ -1,34 +1,24 @@
-//! The sandbox lifecycle: one enum, one transition table.
+//! The sandbox lifecycle: the API's states ([`State`], defined in `kiln-api`) and one
+//! transition table ([`Lifecycle`]).
 
-use serde::{Deserialize, Serialize};
+/// The states themselves are the API's: a sandbox's `state` on the wire is one of these.
+pub use kiln_api::SandboxState as State;
 
-/// Where a sandbox is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Its VM is being restored or booted.
-    Creating,
-    /// Its agent answers; it takes requests.
-    Running,
-    /// Its vCPUs are stopped (while it is forked).
-    Paused,
-    /// It is being destroyed.
-    Stopping,
-    /// It is gone (destroyed on request or by its TTL).
-    Stopped,
-    /// It died or could not be created.
-    Failed,
+/// The transition table, and what each state allows.
+pub trait Lifecycle {
+    /// Whether a sandbox may go from `self` to `to`.
+    fn valid_transition(&self, to: State) -> bool;
+    /// Whether it can take exec and file requests.
+    fn can_exec(&self) -> bool;
+    /// Whether it is over (no VM behind it).
+    fn is_final(&self) -> bool;
 }
 
-impl State {
-    /// Every state, for tables and tests.
-    pub const ALL: [State; 6] = [State::Creating, State::Running, State::Paused, State::Stopping, State::Stopped, State::Failed];
-
-    /// Whether a sandbox may go from `self` to `to`.
-    pub fn valid_transition(self, to: State) -> bool {
+impl Lifecycle for State {
+    fn valid_transition(&self, to: State) -> bool {
         use State::*;
         matches!(
-            (self, to),
+            (*self, to),
             (Creating, Running)
                 | (Creating, Failed)
                 | (Creating, Stopping)
@@ -43,37 +33,19 @@ impl State {
         )
     }
 
-    /// Whether it can take exec and file requests.
-    pub fn can_exec(self) -> bool {
-        self == State::Running
+    fn can_exec(&self) -> bool {
+        *self == State::Running
     }
 
-    /// Whether it is over (no VM behind it).
-    pub fn is_final(self) -> bool {
-        matches!(self, State::Stopped | State::Failed)
-    }
-
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Creating => "creating",
-            State::Running => "running",
-            State::Paused => "paused",
-            State::Stopping => "stopping",
-            State::Stopped => "stopped",
-            State::Failed => "failed",
-        }
-    }
-
-    /// Parses the lowercase name.
-    pub fn parse(s: &str) -> Option<State> {
-        State::ALL.into_iter().find(|st| st.as_str() == s)
+    fn is_final(&self) -> bool {
+        matches!(*self, State::Stopped | State::Failed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::State::{self, *};
+    use super::Lifecycle;
 
     #[test]
     fn every_pair() {

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kiln_api::SandboxInfo;
 use kiln_image::Home;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use kiln_core::error::{Fault, SandboxError};
-use crate::lifecycle::State;
+use crate::lifecycle::{Lifecycle, State};
 use crate::metrics::Metrics;
 use kiln_core::sandbox::{CreateMode, Sandbox, SandboxOptions};
 use crate::store::{now, SandboxRecord, Store, StoreError};
@@ -56,29 +56,6 @@ pub enum ManagerError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What the API shows of a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SandboxInfo {
-    /// Id.
-    pub id: String,
-    /// Template.
-    pub template: String,
-    /// Lifecycle state.
-    pub state: State,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds.
-    pub deadline: i64,
-    /// vCPUs.
-    pub cpus: u32,
-    /// Memory in MiB.
-    pub memory_mib: u32,
-    /// restored | cold | forked.
-    pub mode: String,
-    /// Forked from.
-    pub parent: Option<String>,
 }
 
 /// A request to create a sandbox.
@@ -189,7 +166,8 @@ impl Manager {
     pub fn reconcile(&self) -> Result<Vec<String>, ManagerError> {
         let mut lost = Vec::new();
         for r in self.store.live_sandboxes()? {
-            if lock(&self.live).contains_key(&r.id) {
+            let id = r.info.id;
+            if lock(&self.live).contains_key(&id) {
                 continue;
             }
             if kiln_core::cleanup::pid_alive(r.vmm_pid) {
@@ -200,10 +178,10 @@ impl Manager {
                 }
             }
             let _ = std::fs::remove_dir_all(&r.run_dir);
-            self.store.set_state(&r.id, State::Failed)?;
-            let why = if r.deadline < now() { "lost with the previous daemon (and past its deadline)" } else { "lost with the previous daemon" };
-            self.store.event(Some(&r.id), "lost", why, "kiln")?;
-            lost.push(r.id);
+            self.store.set_state(&id, State::Failed)?;
+            let why = if r.info.deadline < now() { "lost with the previous daemon (and past its deadline)" } else { "lost with the previous daemon" };
+            self.store.event(Some(&id), "lost", why, "kiln")?;
+            lost.push(id);
         }
         kiln_core::cleanup::sweep(&self.home);
         Ok(lost)
@@ -283,19 +261,7 @@ impl Manager {
             parent,
         };
         let run_dir = sandbox.vm_spec().run_dir.display().to_string();
-        self.store.put_sandbox(&SandboxRecord {
-            id: info.id.clone(),
-            template: info.template.clone(),
-            state: State::Running,
-            created_at: info.created_at,
-            deadline,
-            cpus: info.cpus,
-            memory_mib: info.memory_mib,
-            mode: info.mode.clone(),
-            parent: info.parent.clone(),
-            run_dir: run_dir.clone(),
-            vmm_pid: sandbox.vmm_pid(),
-        })?;
+        self.store.put_sandbox(&SandboxRecord { info: info.clone(), run_dir: run_dir.clone(), vmm_pid: sandbox.vmm_pid() })?;
         let tunnel = attach_egress(&sandbox, egress.clone());
         let entry = Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), run_dir, egress, tunnel });
         lock(&self.live).insert(info.id.clone(), entry);

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use kiln_api::SandboxInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -29,27 +30,13 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// A sandbox as recorded.
+/// A sandbox as recorded: what the API shows of it, and where its VM is on the host. Its
+/// row in `sandboxes` has one column per field of both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
-    /// Id.
-    pub id: String,
-    /// Template name.
-    pub template: String,
-    /// Lifecycle state.
-    pub state: State,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds; reaped after.
-    pub deadline: i64,
-    /// vCPUs.
-    pub cpus: u32,
-    /// Memory in MiB.
-    pub memory_mib: u32,
-    /// restored | cold | forked.
-    pub mode: String,
-    /// The sandbox it was forked from.
-    pub parent: Option<String>,
+    /// What the API shows.
+    #[serde(flatten)]
+    pub info: SandboxInfo,
     /// Run folder on the host.
     pub run_dir: String,
     /// Process id of its VMM.
@@ -103,7 +90,7 @@ pub fn now() -> i64 {
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
     let state: String = r.get(2)?;
-    Ok(SandboxRecord {
+    let info = SandboxInfo {
         id: r.get(0)?,
         template: r.get(1)?,
         state: State::parse(&state).unwrap_or(State::Failed),
@@ -113,9 +100,8 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         memory_mib: r.get(6)?,
         mode: r.get(7)?,
         parent: r.get(8)?,
-        run_dir: r.get(9)?,
-        vmm_pid: r.get(10)?,
-    })
+    };
+    Ok(SandboxRecord { info, run_dir: r.get(9)?, vmm_pid: r.get(10)? })
 }
 
 const COLUMNS: &str = "id, template, state, created_at, deadline, cpus, memory_mib, mode, parent, run_dir, vmm_pid";
@@ -157,9 +143,10 @@ impl Store {
 
     /// Inserts or replaces a sandbox record.
     pub fn put_sandbox(&self, s: &SandboxRecord) -> Result<()> {
+        let i = &s.info;
         self.db().execute(
             &format!("INSERT OR REPLACE INTO sandboxes ({COLUMNS}, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
-            params![s.id, s.template, s.state.as_str(), s.created_at, s.deadline, s.cpus, s.memory_mib, s.mode, s.parent, s.run_dir, s.vmm_pid, now()],
+            params![i.id, i.template, i.state.as_str(), i.created_at, i.deadline, i.cpus, i.memory_mib, i.mode, i.parent, s.run_dir, s.vmm_pid, now()],
         )?;
         Ok(())
     }
@@ -295,7 +282,7 @@ mod tests {
     }
 
     fn rec(id: &str, state: State) -> SandboxRecord {
-        SandboxRecord {
+        let info = SandboxInfo {
             id: id.into(),
             template: "tiny".into(),
             state,
@@ -305,9 +292,35 @@ mod tests {
             memory_mib: 256,
             mode: "restored".into(),
             parent: None,
-            run_dir: "/r".into(),
-            vmm_pid: 7,
+        };
+        SandboxRecord { info, run_dir: "/r".into(), vmm_pid: 7 }
+    }
+
+    #[test]
+    fn records_round_trip_and_old_rows_load() {
+        let s = Store::in_memory().unwrap();
+        let mut forked = rec("b", State::Paused);
+        forked.info.mode = "forked".into();
+        forked.info.parent = Some("a".into());
+        for r in [rec("a", State::Running), forked] {
+            s.put_sandbox(&r).unwrap();
+            assert_eq!(s.sandbox(&r.info.id).unwrap(), Some(r));
         }
+        // A row written column by column, as any earlier kiln did; an unknown state reads as failed.
+        s.db()
+            .execute_batch(
+                "INSERT INTO sandboxes (id, template, state, created_at, deadline, cpus, memory_mib, mode, parent, run_dir, vmm_pid, updated_at)
+                 VALUES ('old', 'base', 'running', 10, 20, 2, 512, 'cold', NULL, '/run/old', 42, 30),
+                        ('odd', 'base', 'zombie', 11, 21, 1, 256, 'restored', NULL, '/run/odd', 43, 31);",
+            )
+            .unwrap();
+        let old = s.sandbox("old").unwrap().unwrap();
+        assert_eq!((old.info.template.as_str(), old.info.state, old.info.deadline, old.info.cpus, old.info.memory_mib), ("base", State::Running, 20, 2, 512));
+        assert_eq!((old.info.mode.as_str(), old.info.parent.as_deref(), old.run_dir.as_str(), old.vmm_pid), ("cold", None, "/run/old", 42));
+        assert_eq!(s.sandbox("odd").unwrap().unwrap().info.state, State::Failed);
+        // Its JSON is the API's sandbox and the two host fields, side by side.
+        let v = serde_json::to_value(&old).unwrap();
+        assert_eq!((v["id"].as_str(), v["run_dir"].as_str(), v["vmm_pid"].as_u64()), (Some("old"), Some("/run/old"), Some(42)));
     }
 
     #[test]
@@ -328,7 +341,7 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let live = s.live_sandboxes().unwrap();
         assert_eq!(live.len(), 1);
-        assert_eq!(live[0].deadline, 99);
+        assert_eq!(live[0].info.deadline, 99);
         assert_eq!(s.events(Some("a"), 10).unwrap()[0].kind, "created");
         assert_eq!(s.token_names().unwrap(), ["ci"]);
         let raw = std::fs::read(&path).unwrap();

@@ -2,36 +2,14 @@
 
 use std::sync::Mutex;
 
-use serde::Serialize;
-
 /// Records an [`EgressLog`] keeps by default; later ones are only counted.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
-/// One connection attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Attempt {
-    /// `CONNECT`, `GET`, ...; empty if the request could not be parsed.
-    pub method: String,
-    /// The host asked for (lower case, no trailing dot, IPv6 without brackets); empty if the
-    /// request could not be parsed.
-    pub host: String,
-    /// The port asked for; 0 if the request could not be parsed.
-    pub port: u16,
-    /// Whether the policy let the connection through.
-    pub allowed: bool,
-    /// Why it was denied, failed, or was cut short (a limit, the idle timeout); `None` for a
-    /// connection that was allowed and ended normally.
-    pub reason: Option<String>,
-    /// Bytes sent from the sandbox to the destination (for plain HTTP including the rewritten
-    /// request head; never the proxy's own replies).
-    pub bytes_up: u64,
-    /// Bytes sent from the destination to the sandbox.
-    pub bytes_down: u64,
-    /// When the connection arrived, in milliseconds since the Unix epoch.
-    pub started_unix_ms: u64,
-    /// How long it lasted, in milliseconds.
-    pub duration_ms: u64,
-}
+/// One connection attempt. The record and the log's contents are wire shapes (the sandbox's
+/// egress route, the CI report), so they are `kiln-api`'s.
+pub use kiln_api::EgressAttempt as Attempt;
+/// A copy of an [`EgressLog`]'s contents, ready to serialize into a report.
+pub use kiln_api::EgressLog as LogSnapshot;
 
 /// Thread-safe, bounded log of [`Attempt`]s: the first `capacity` are kept, later ones only
 /// counted in `dropped`.
@@ -39,15 +17,6 @@ pub struct Attempt {
 pub struct EgressLog {
     capacity: usize,
     inner: Mutex<LogSnapshot>,
-}
-
-/// A copy of an [`EgressLog`]'s contents, ready to serialize into a report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LogSnapshot {
-    /// The attempts kept, in the order they ended.
-    pub attempts: Vec<Attempt>,
-    /// Attempts not kept because the log was full.
-    pub dropped: u64,
 }
 
 impl Default for EgressLog {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::{Extension, Json};
-use kiln_ci::glue::{host_signer, ProxyEgress, RunRequest};
+use kiln_api::CiRunRequest;
+use kiln_ci::glue::{host_signer, into_config, ProxyEgress};
 use serde_json::Value;
 
 use crate::error::{parse_json, ApiError, ApiResult};
@@ -15,8 +16,8 @@ use crate::{Actor, AppState};
 
 /// Runs the job and answers with its report (the build's exit code is in it).
 pub async fn run(State(st): State<AppState>, Extension(actor): Extension<Actor>, body: Bytes) -> ApiResult<Json<Value>> {
-    let req: RunRequest = parse_json(&body)?;
-    let cfg = req.into_config().map_err(ApiError::bad_request)?;
+    let req: CiRunRequest = parse_json(&body)?;
+    let cfg = into_config(req).map_err(ApiError::bad_request)?;
     if !kiln_ci::source::is_url(&cfg.repo) && !std::path::Path::new(&cfg.repo).exists() {
         return Err(ApiError::bad_request(format!("repo {}: no such path on the daemon's host", cfg.repo)));
     }

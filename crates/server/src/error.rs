@@ -4,9 +4,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kiln_api::ErrorBody;
 use kiln_daemon::manager::ManagerError;
 use kiln_core::{Fault, SandboxError};
-use serde_json::json;
 
 /// An error answer.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
+        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 

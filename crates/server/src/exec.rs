@@ -1,7 +1,6 @@
 //! Running commands: a blocking form with a JSON result (output capped), and a streaming form
 //! with server-sent events. Both kill the command's whole process group on `timeout_seconds`.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,10 +12,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use base64::Engine as _;
 use futures_util::Stream;
+use kiln_api as api;
 use kiln_core::{ExecOutcome, ExecRequest, Output, SandboxError};
 use kiln_proto::{Command, ErrorKind};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::error::{parse_json, ApiError, ApiResult};
 use crate::{Actor, AppState};
@@ -26,20 +25,8 @@ pub const MAX_BLOCKING_OUTPUT: usize = 16 << 20;
 /// Output queued for a slow streaming client before the rest is dropped (and said so).
 pub const MAX_STREAM_BACKLOG: usize = 64 << 20;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ExecBody {
-    cmd: Option<String>,
-    argv: Option<Vec<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    cwd: Option<String>,
-    timeout_seconds: Option<f64>,
-    stdin: Option<String>,
-    max_output_bytes: Option<u64>,
-}
-
-fn request(b: ExecBody) -> ApiResult<(ExecRequest, String)> {
+/// The core's request for an API request, and the command as text for the audit log.
+fn request(b: api::ExecRequest) -> ApiResult<(ExecRequest, String)> {
     let (command, text) = match (b.cmd, b.argv) {
         (Some(c), None) if !c.trim().is_empty() => (Command::Shell(c.clone()), c),
         (None, Some(a)) if !a.is_empty() && !a[0].is_empty() => {
@@ -89,7 +76,7 @@ impl Capped {
 }
 
 /// `POST /v1/sandboxes/{id}/exec`.
-pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<api::ExecResult>> {
     let (req, text) = request(parse_json(&body)?)?;
     let lease = st.manager.lease(&id).await?;
     let (mut out, mut err) = (Capped { buf: Vec::new(), truncated: false }, Capped { buf: Vec::new(), truncated: false });
@@ -102,21 +89,44 @@ pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>
     drop(lease);
     if let Some((code, msg)) = r.as_ref().err().and_then(not_started) {
         st.manager.note_exec(&id, &text, &Err(kiln_daemon::manager::ManagerError::Invalid(msg.trim().to_owned())), &actor.0);
-        return Ok(Json(json!({ "stdout": "", "stderr": msg, "exit_code": code, "timed_out": false, "duration_ms": 0,
-                               "stdout_truncated": false, "stderr_truncated": false })));
+        return Ok(Json(api::ExecResult {
+            stdout: String::new(),
+            stderr: msg,
+            exit_code: code,
+            timed_out: false,
+            duration_ms: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }));
     }
     let r = st.manager.settle(&id, r).await;
     st.manager.note_exec(&id, &text, &r, &actor.0);
     let o: ExecOutcome = r?;
-    Ok(Json(json!({
-        "stdout": String::from_utf8_lossy(&out.buf),
-        "stderr": String::from_utf8_lossy(&err.buf),
-        "exit_code": o.exit_code(),
-        "timed_out": o.timed_out,
-        "duration_ms": o.duration.as_millis() as u64,
-        "stdout_truncated": out.truncated,
-        "stderr_truncated": err.truncated,
-    })))
+    let exit = exit_of(&o);
+    Ok(Json(api::ExecResult {
+        stdout: String::from_utf8_lossy(&out.buf).into_owned(),
+        stderr: String::from_utf8_lossy(&err.buf).into_owned(),
+        exit_code: exit.exit_code,
+        timed_out: exit.timed_out,
+        duration_ms: exit.duration_ms,
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+    }))
+}
+
+/// How a command ended, as the API shows it.
+fn exit_of(o: &ExecOutcome) -> api::ExecExit {
+    api::ExecExit { exit_code: o.exit_code(), timed_out: o.timed_out, duration_ms: o.duration.as_millis() as u64 }
+}
+
+/// One server-sent event: its name, and its data as JSON.
+fn sse(name: &str, data: &impl Serialize) -> Event {
+    Event::default().event(name).data(serde_json::to_string(data).unwrap_or_default())
+}
+
+/// A `stdout` or `stderr` event.
+fn chunk(name: &str, bytes: &[u8]) -> Event {
+    sse(name, &api::OutputChunk { b64: base64::engine::general_purpose::STANDARD.encode(bytes) })
 }
 
 /// `POST /v1/sandboxes/{id}/exec/stream`.
@@ -133,7 +143,6 @@ pub async fn exec_stream(
     let consumed = backlog.clone();
     let manager = st.manager.clone();
     tokio::spawn(async move {
-        let b64 = base64::engine::general_purpose::STANDARD;
         let mut dropped = false;
         let r = lease
             .exec(req, |o| {
@@ -147,27 +156,25 @@ pub async fn exec_stream(
                     dropped = true;
                     return;
                 }
-                let _ = tx.send((Event::default().event(name).data(json!({ "b64": b64.encode(d) }).to_string()), d.len()));
+                let _ = tx.send((chunk(name, d), d.len()));
             })
             .await;
         drop(lease);
         if dropped {
             let note = b"\n[kiln: output dropped: the client read too slowly]\n";
-            let _ = tx.send((Event::default().event("stderr").data(json!({ "b64": b64.encode(note) }).to_string()), 0));
+            let _ = tx.send((chunk("stderr", note), 0));
         }
         let event = if let Some((code, msg)) = r.as_ref().err().and_then(not_started) {
-            let _ = tx.send((Event::default().event("stderr").data(json!({ "b64": b64.encode(msg.as_bytes()) }).to_string()), 0));
-            Event::default().event("exit").data(json!({ "exit_code": code, "timed_out": false, "duration_ms": 0 }).to_string())
+            let _ = tx.send((chunk("stderr", msg.as_bytes()), 0));
+            sse("exit", &api::ExecExit { exit_code: code, timed_out: false, duration_ms: 0 })
         } else {
             let r = manager.settle(&id, r).await;
             manager.note_exec(&id, &text, &r, &actor.0);
             match r {
-                Ok(o) => Event::default().event("exit").data(
-                    json!({ "exit_code": o.exit_code(), "timed_out": o.timed_out, "duration_ms": o.duration.as_millis() as u64 }).to_string(),
-                ),
+                Ok(o) => sse("exit", &exit_of(&o)),
                 Err(e) => {
                     let e = ApiError::from(e);
-                    Event::default().event("error").data(json!({ "code": e.code, "message": e.message }).to_string())
+                    sse("error", &api::ErrorDetail { code: e.code.to_owned(), message: e.message })
                 }
             }
         };

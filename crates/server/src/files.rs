@@ -6,9 +6,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::TryStreamExt;
+use kiln_api as api;
 use kiln_proto::{FileKind, FileStat, DEFAULT_MAX_FILE};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::error::{guest_path, ApiError, ApiResult};
 use crate::AppState;
@@ -24,17 +24,19 @@ pub struct PathQuery {
     recursive: Option<bool>,
 }
 
-fn kind(k: FileKind) -> &'static str {
+/// The API's name for a kind.
+fn kind(k: FileKind) -> api::FileKind {
     match k {
-        FileKind::File => "file",
-        FileKind::Dir => "dir",
-        FileKind::Symlink => "symlink",
-        FileKind::Other => "other",
+        FileKind::File => api::FileKind::File,
+        FileKind::Dir => api::FileKind::Dir,
+        FileKind::Symlink => api::FileKind::Symlink,
+        FileKind::Other => api::FileKind::Other,
     }
 }
 
-fn stat_json(s: &FileStat) -> Value {
-    json!({ "name": s.name, "kind": kind(s.kind), "size": s.size, "mode": s.mode, "mtime": s.mtime })
+/// What the API shows of a guest file.
+fn file_info(s: &FileStat) -> api::FileInfo {
+    api::FileInfo { name: s.name.clone(), kind: kind(s.kind), size: s.size, mode: s.mode, mtime: s.mtime }
 }
 
 fn mode(q: &PathQuery, default: u32) -> ApiResult<u32> {
@@ -91,22 +93,22 @@ pub async fn remove(State(st): State<AppState>, Path(id): Path<String>, Query(q)
 }
 
 /// `GET /v1/sandboxes/{id}/files/list?path=`.
-pub async fn list(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<Value>>> {
+pub async fn list(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<api::FileInfo>>> {
     let path = guest_path(&q.path)?;
     let lease = st.manager.lease(&id).await?;
     let r = lease.map_err(lease.agent().list(&path, MAX_LIST).await).await;
     drop(lease);
     let entries = st.manager.settle(&id, r).await?;
-    Ok(Json(entries.iter().map(stat_json).collect()))
+    Ok(Json(entries.iter().map(file_info).collect()))
 }
 
 /// `GET /v1/sandboxes/{id}/files/stat?path=`.
-pub async fn stat(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Value>> {
+pub async fn stat(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<api::FileInfo>> {
     let path = guest_path(&q.path)?;
     let lease = st.manager.lease(&id).await?;
     let r = lease.map_err(lease.agent().stat(&path).await).await;
     drop(lease);
-    Ok(Json(stat_json(&st.manager.settle(&id, r).await?)))
+    Ok(Json(file_info(&st.manager.settle(&id, r).await?)))
 }
 
 /// `POST /v1/sandboxes/{id}/files/mkdir?path=&mode=`.

@@ -1,20 +1,20 @@
-//! Entry points for the fuzz targets (`make fuzz`): the request bodies every route parses.
+//! Entry points for the fuzz targets (`make fuzz`): the JSON bodies the routes parse, taken
+//! from the routing table.
 
-use crate::error::{parse_json, ApiResult};
+use crate::error::ApiResult;
+use crate::route::{Body, Route};
+use crate::routes::ROUTES;
 
-/// The routes with a JSON body.
-pub const OPS: [&str; 6] = ["createSandbox", "extendSandbox", "forkSandbox", "exec", "buildTemplate", "ciRun"];
+/// The routes that take a JSON body.
+pub fn json_routes() -> impl Iterator<Item = &'static Route> {
+    ROUTES.iter().filter(|r| matches!(r.body, Body::Json { .. }))
+}
 
-/// Parses `body` as route `op` would, discarding the result.
-pub fn parse_body(op: &str, body: &[u8]) -> ApiResult<()> {
-    match op {
-        "createSandbox" => parse_json::<crate::sandboxes::CreateBody>(body).map(drop),
-        "extendSandbox" => parse_json::<crate::sandboxes::ExtendBody>(body).map(drop),
-        "forkSandbox" => parse_json::<crate::sandboxes::ForkBody>(body).map(drop),
-        "exec" => parse_json::<crate::exec::ExecBody>(body).map(drop),
-        "buildTemplate" => parse_json::<crate::templates::BuildBody>(body).map(drop),
-        "ciRun" => parse_json::<kiln_ci::glue::RunRequest>(body).map(drop),
-        _ => Ok(()),
+/// Parses `body` as `route` does, discarding the value; `Ok` for a route without a JSON body.
+pub fn parse_body(route: &Route, body: &[u8]) -> ApiResult<()> {
+    match route.body {
+        Body::Json { shape, .. } => (shape.parse)(body),
+        Body::None | Body::Bytes => Ok(()),
     }
 }
 
@@ -24,9 +24,13 @@ mod tests {
 
     #[test]
     fn bodies_parse_or_fail_cleanly() {
-        assert!(parse_body("createSandbox", b"{\"template\":\"tiny\"}").is_ok());
-        for op in OPS {
-            assert!(parse_body(op, b"\xff\x00{").is_err());
+        let names: Vec<&str> = json_routes().map(|r| r.op).collect();
+        assert_eq!(names, ["buildTemplate", "ciRun", "createSandbox", "extendSandbox", "forkSandbox", "exec", "execStream"]);
+        let create = json_routes().find(|r| r.op == "createSandbox").unwrap();
+        assert!(parse_body(create, b"{\"template\":\"tiny\"}").is_ok());
+        assert!(parse_body(create, b"{\"template\":\"tiny\",\"bogus\":1}").is_err());
+        for route in json_routes() {
+            assert!(parse_body(route, b"\xff\x00{").is_err(), "{}", route.op);
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The HTTP API of `kiln serve`: one routing table ([`routes::ROUTES`]) from which both the
-//! router and the OpenAPI document are built, handlers that translate HTTP into
-//! [`kiln_daemon::manager::Manager`] calls, errors mapped to statuses in one place, and bearer-token
-//! auth for TCP listeners.
+//! The HTTP API of `kiln serve`: one routing table ([`routes::ROUTES`]), whose entries carry
+//! their handlers and the `kiln-api` types they take and answer, from which the router, the
+//! OpenAPI document and the fuzz targets are built; handlers that translate HTTP into
+//! [`kiln_daemon::manager::Manager`] calls, errors mapped to statuses in one place, and
+//! bearer-token auth for TCP listeners.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

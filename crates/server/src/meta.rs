@@ -4,14 +4,14 @@ use axum::extract::State;
 use axum::http::{header, Uri};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::json;
+use kiln_api::Health;
 
 use crate::error::ApiError;
 use crate::AppState;
 
 /// `GET /healthz`.
-pub async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz() -> Json<Health> {
+    Json(Health::ok())
 }
 
 /// `GET /metrics`.

@@ -1,71 +1,63 @@
-//! The OpenAPI 3 document, generated from the routing table ([`crate::routes::ROUTES`]).
+//! The OpenAPI 3 document, generated from the routing table ([`crate::routes::ROUTES`]): each
+//! route's parameters, body and answer, and under `components` the schema of every `kiln-api`
+//! type they name.
 
+use kiln_api::ErrorBody;
 use serde_json::{json, Map, Value};
 
-use crate::route::Route;
+use crate::route::{Answer, Body, Route, Shape};
 
-fn schemas() -> Value {
-    json!({
-        "Error": { "type": "object", "properties": { "error": { "type": "object", "properties": {
-            "code": { "type": "string" }, "message": { "type": "string" } } } } },
-        "Sandbox": { "type": "object", "properties": {
-            "id": { "type": "string" }, "template": { "type": "string" },
-            "state": { "type": "string", "enum": ["creating", "running", "paused", "stopping", "stopped", "failed"] },
-            "created_at": { "type": "integer" }, "deadline": { "type": "integer" },
-            "cpus": { "type": "integer" }, "memory_mib": { "type": "integer" },
-            "mode": { "type": "string", "enum": ["restored", "cold", "forked"] },
-            "parent": { "type": "string", "nullable": true } } },
-        "CreateSandbox": { "type": "object", "required": ["template"], "properties": {
-            "template": { "type": "string" }, "ttl_seconds": { "type": "integer", "minimum": 1 },
-            "cpus": { "type": "integer" }, "memory_mib": { "type": "integer" },
-            "env": { "type": "object", "additionalProperties": { "type": "string" } },
-            "forkable": { "type": "boolean" },
-            "allow": { "type": "array", "items": { "type": "string" }, "description": "egress allowlist, HOST[:PORT]" } } },
-        "ExecRequest": { "type": "object", "properties": {
-            "cmd": { "type": "string" }, "argv": { "type": "array", "items": { "type": "string" } },
-            "env": { "type": "object", "additionalProperties": { "type": "string" } },
-            "cwd": { "type": "string" }, "timeout_seconds": { "type": "number" }, "stdin": { "type": "string" }, "max_output_bytes": { "type": "integer", "minimum": 1 } } },
-        "ExecResult": { "type": "object", "properties": {
-            "stdout": { "type": "string" }, "stderr": { "type": "string" }, "exit_code": { "type": "integer" },
-            "timed_out": { "type": "boolean" }, "duration_ms": { "type": "integer" },
-            "stdout_truncated": { "type": "boolean" }, "stderr_truncated": { "type": "boolean" } } },
-        "FileInfo": { "type": "object", "properties": {
-            "name": { "type": "string" }, "kind": { "type": "string", "enum": ["file", "dir", "symlink", "other"] },
-            "size": { "type": "integer" }, "mode": { "type": "integer" }, "mtime": { "type": "integer" } } }
-    })
-}
+/// The schemas named so far, by name.
+#[derive(Default)]
+struct Components(Map<String, Value>);
 
-fn body_for(op: &str) -> Option<Value> {
-    let schema = |name: &str| json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{name}") } } } });
-    match op {
-        "createSandbox" => Some(schema("CreateSandbox")),
-        "ciRun" => Some(json!({ "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["repo", "build", "out"], "properties": {
-            "repo": { "type": "string" }, "ref": { "type": "string" }, "build": { "type": "string" }, "setup": { "type": "string" },
-            "timeout_seconds": { "type": "integer" }, "template": { "type": "string" },
-            "secrets": { "type": "object", "additionalProperties": { "type": "string" } }, "setup_secrets": { "type": "boolean" },
-            "allow": { "type": "array", "items": { "type": "string" } }, "cache_keys": { "type": "array", "items": { "type": "string" } },
-            "trusted": { "type": "boolean" }, "matrix": { "type": "object", "additionalProperties": { "type": "array", "items": { "type": "string" } } },
-            "artifacts": { "type": "array", "items": { "type": "string" } }, "out": { "type": "string" }, "parallel": { "type": "integer" } } } } } })),
-        "exec" | "execStream" => Some(schema("ExecRequest")),
-        "extendSandbox" => Some(json!({ "content": { "application/json": { "schema": { "type": "object", "properties": { "ttl_seconds": { "type": "integer" } } } } } })),
-        "forkSandbox" => Some(json!({ "content": { "application/json": { "schema": { "type": "object", "properties": { "count": { "type": "integer" } } } } } })),
-        "writeFile" => Some(json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } })),
-        _ => None,
+impl Components {
+    /// A reference to `shape`, whose schema is added to the components.
+    fn reference(&mut self, shape: &Shape) -> Value {
+        self.0.entry(shape.name).or_insert_with(shape.schema);
+        json!({ "$ref": format!("#/components/schemas/{}", shape.name) })
     }
 }
 
-fn query_for(op: &str) -> Vec<Value> {
-    let q = |name: &str, required: bool, ty: &str| json!({ "name": name, "in": "query", "required": required, "schema": { "type": ty } });
-    match op {
-        "readFile" | "listFiles" | "statFile" => vec![q("path", true, "string")],
-        "writeFile" | "mkdir" => vec![q("path", true, "string"), q("mode", false, "integer")],
-        "removeFile" => vec![q("path", true, "string"), q("recursive", false, "boolean")],
-        _ => vec![],
+fn request_body(body: &Body, components: &mut Components) -> Option<Value> {
+    match body {
+        Body::None => None,
+        Body::Json { shape, required } => Some(json!({ "required": required, "content": { "application/json": { "schema": components.reference(shape) } } })),
+        Body::Bytes => Some(json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } })),
     }
+}
+
+fn description(status: u16) -> &'static str {
+    match status {
+        201 => "Created",
+        204 => "No content",
+        _ => "OK",
+    }
+}
+
+fn answer(status: u16, answer: &Answer, components: &mut Components) -> Value {
+    let mut v = json!({ "description": description(status) });
+    match answer {
+        Answer::Empty => {}
+        Answer::Json(shape) => v["content"] = json!({ "application/json": { "schema": components.reference(shape) } }),
+        Answer::List(shape) => v["content"] = json!({ "application/json": { "schema": { "type": "array", "items": components.reference(shape) } } }),
+        Answer::Object(what) => v["content"] = json!({ "application/json": { "schema": { "type": "object", "description": what } } }),
+        Answer::Raw(media) => v["content"] = json!({ media.to_string(): { "schema": { "type": "string", "format": "binary" } } }),
+        Answer::Events(events) => {
+            let names: Vec<String> = events.iter().map(|(name, shape)| format!("`{name}` ({})", shape.name)).collect();
+            v["description"] = format!("server-sent events, each with one JSON object as data: {}", names.join(", ")).into();
+            v["content"] = json!({ "text/event-stream": { "schema": { "type": "string" } } });
+            let refs: Map<String, Value> = events.iter().map(|(name, shape)| (name.to_string(), components.reference(shape))).collect();
+            v["x-events"] = refs.into();
+        }
+    }
+    v
 }
 
 /// The document.
 pub fn document(routes: &[Route]) -> Value {
+    let mut components = Components::default();
+    let error = components.reference(&crate::route::shape::<ErrorBody>());
     let mut paths = Map::new();
     for route in routes {
         let mut params: Vec<Value> = route
@@ -74,17 +66,12 @@ pub fn document(routes: &[Route]) -> Value {
             .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
             .map(|p| json!({ "name": p, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
-        params.extend(query_for(route.op));
-        let mut op = json!({
-            "operationId": route.op,
-            "summary": route.summary,
-            "parameters": params,
-            "responses": {
-                "200": { "description": "OK" },
-                "default": { "description": "Error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
-            }
-        });
-        if let Some(b) = body_for(route.op) {
+        params.extend(route.query.iter().map(|q| json!({ "name": q.name, "in": "query", "required": q.required, "schema": { "type": q.ty } })));
+        let mut responses = Map::new();
+        responses.insert(route.status.to_string(), answer(route.status, &route.answer, &mut components));
+        responses.insert("default".into(), json!({ "description": "Error", "content": { "application/json": { "schema": error } } }));
+        let mut op = json!({ "operationId": route.op, "summary": route.summary, "parameters": params, "responses": responses });
+        if let Some(b) = request_body(&route.body, &mut components) {
             op["requestBody"] = b;
         }
         let item = paths.entry(route.path.to_owned()).or_insert_with(|| json!({}));
@@ -95,8 +82,64 @@ pub fn document(routes: &[Route]) -> Value {
         "info": { "title": "kiln", "version": env!("CARGO_PKG_VERSION"), "description": "Disposable microVMs for untrusted CI builds. See docs/api.md." },
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": components.0,
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ROUTES;
+
+    /// Every shape the table names, with the routes' bodies and answers.
+    fn shapes() -> Vec<Shape> {
+        let mut v = Vec::new();
+        for r in ROUTES {
+            if let Body::Json { shape, .. } = r.body {
+                v.push(shape);
+            }
+            match r.answer {
+                Answer::Json(s) | Answer::List(s) => v.push(s),
+                Answer::Events(events) => v.extend(events.iter().map(|(_, s)| *s)),
+                Answer::Empty | Answer::Object(_) | Answer::Raw(_) => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn every_named_type_is_in_the_components_once() {
+        let doc = document(ROUTES);
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for s in shapes() {
+            assert_eq!(schemas.get(s.name), Some(&(s.schema)()), "{} is missing or has two schemas", s.name);
+        }
+        assert!(schemas.contains_key("Error"));
+        // And every reference in the document resolves.
+        let text = doc.to_string();
+        for piece in text.split("\"#/components/schemas/").skip(1) {
+            let name = &piece[..piece.find('"').unwrap()];
+            assert!(schemas.contains_key(name), "dangling reference to {name}");
+        }
+    }
+
+    #[test]
+    fn bodies_answers_and_queries() {
+        let doc = document(ROUTES);
+        let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+        let create = op("/v1/sandboxes", "post");
+        assert_eq!(create["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/CreateSandbox");
+        assert_eq!(create["requestBody"]["required"], true);
+        assert_eq!(create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Sandbox");
+        assert_eq!(op("/v1/sandboxes/{id}", "delete")["responses"]["204"]["description"], "No content");
+        let write = op("/v1/sandboxes/{id}/files", "put");
+        assert_eq!(write["requestBody"]["content"]["application/octet-stream"]["schema"]["format"], "binary");
+        let names: Vec<&str> = write["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["id", "path", "mode"]);
+        let stream = op("/v1/sandboxes/{id}/exec/stream", "post");
+        assert_eq!(stream["responses"]["200"]["x-events"]["exit"]["$ref"], "#/components/schemas/ExecExit");
+        assert_eq!(op("/v1/ci/runs", "post")["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/CiRunRequest");
+    }
 }

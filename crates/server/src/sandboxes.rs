@@ -1,34 +1,16 @@
 //! Sandbox resources: create, list, get, delete, extend, fork.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_daemon::manager::{CreateRequest, SandboxInfo};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use kiln_api::{CreateSandbox, EgressLog, ExtendSandbox, ForkSandbox, Forked, SandboxInfo};
+use kiln_daemon::manager::CreateRequest;
 
 use crate::error::{parse_json, ApiError, ApiResult};
 use crate::{Actor, AppState};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateBody {
-    template: String,
-    ttl_seconds: Option<i64>,
-    cpus: Option<u32>,
-    memory_mib: Option<u32>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    forkable: bool,
-    /// Egress allowlist: `HOST[:PORT]` entries reachable through the proxy; none by default.
-    #[serde(default)]
-    allow: Vec<String>,
-}
 
 fn ttl(secs: i64) -> ApiResult<Duration> {
     if secs <= 0 {
@@ -39,7 +21,7 @@ fn ttl(secs: i64) -> ApiResult<Duration> {
 
 /// `POST /v1/sandboxes`.
 pub async fn create(State(st): State<AppState>, Extension(actor): Extension<Actor>, body: Bytes) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
-    let b: CreateBody = parse_json(&body)?;
+    let b: CreateSandbox = parse_json(&body)?;
     for k in b.env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(ApiError::bad_request(format!("env: {k:?} is not a variable name")));
@@ -74,41 +56,23 @@ pub async fn delete(State(st): State<AppState>, Extension(actor): Extension<Acto
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ExtendBody {
-    ttl_seconds: i64,
-}
-
 /// `POST /v1/sandboxes/{id}/extend`.
 pub async fn extend(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<SandboxInfo>> {
-    let b: ExtendBody = parse_json(&body)?;
+    let b: ExtendSandbox = parse_json(&body)?;
     Ok(Json(st.manager.extend(&id, ttl(b.ttl_seconds)?, &actor.0)?))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ForkBody {
-    #[serde(default = "one")]
-    count: i64,
-}
-
-fn one() -> i64 {
-    1
-}
-
 /// `POST /v1/sandboxes/{id}/fork`.
-pub async fn fork(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
-    let b: ForkBody = parse_json(&body)?;
+pub async fn fork(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Forked>)> {
+    let b: ForkSandbox = parse_json(&body)?;
     if b.count < 1 {
         return Err(ApiError::bad_request(format!("count must be at least 1, not {}", b.count)));
     }
-    let clones = st.manager.fork(&id, b.count as usize, &actor.0).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "sandboxes": clones }))))
+    let sandboxes = st.manager.fork(&id, b.count as usize, &actor.0).await?;
+    Ok((StatusCode::CREATED, Json(Forked { sandboxes })))
 }
 
 /// `GET /v1/sandboxes/{id}/egress`: every connection attempt through the egress proxy.
-pub async fn egress(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let log = st.manager.egress_log(&id)?;
-    Ok(Json(serde_json::to_value(log).unwrap_or_default()))
+pub async fn egress(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EgressLog>> {
+    Ok(Json(st.manager.egress_log(&id)?))
 }

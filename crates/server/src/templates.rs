@@ -3,41 +3,42 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
+use kiln_api::{Baked, BuildTemplate, TemplateInfo};
 use kiln_image::{rootfs, BuiltTemplate, TemplateDef};
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::error::{parse_json, ApiError, ApiResult};
 use crate::{Actor, AppState};
 
-fn template_json(t: &BuiltTemplate) -> Value {
-    json!({ "name": t.name, "digest": t.rootfs.hex(), "size_bytes": t.size_bytes, "built_at": t.built_at,
-            "cpus": t.cpus, "memory_mib": t.memory_mib, "description": t.description, "built": true })
+/// What the API shows of a built template.
+fn template_info(t: &BuiltTemplate) -> TemplateInfo {
+    TemplateInfo {
+        name: t.name.clone(),
+        digest: Some(t.rootfs.hex().to_owned()),
+        size_bytes: Some(t.size_bytes),
+        built_at: Some(t.built_at),
+        cpus: Some(t.cpus),
+        memory_mib: Some(t.memory_mib),
+        description: Some(t.description.clone()),
+        built: true,
+    }
 }
 
 /// `GET /v1/templates`.
-pub async fn list(State(st): State<AppState>) -> Json<Vec<Value>> {
+pub async fn list(State(st): State<AppState>) -> Json<Vec<TemplateInfo>> {
     let home = st.manager.home();
     let built = BuiltTemplate::list(home);
-    let mut v: Vec<Value> = built.iter().map(template_json).collect();
+    let mut v: Vec<TemplateInfo> = built.iter().map(template_info).collect();
     for n in TemplateDef::known_names() {
         if !built.iter().any(|t| t.name == n) {
-            v.push(json!({ "name": n, "built": false }));
+            v.push(TemplateInfo::unbuilt(n));
         }
     }
     Json(v)
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BuildBody {
-    #[serde(default)]
-    force: bool,
-}
-
 /// `POST /v1/templates/{name}/build`.
-pub async fn build(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
-    let b: BuildBody = parse_json(&body)?;
+pub async fn build(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<TemplateInfo>> {
+    let b: BuildTemplate = parse_json(&body)?;
     let def = TemplateDef::find(&name).map_err(kiln_core::SandboxError::from)?;
     let home = st.manager.home().clone();
     let built = tokio::task::spawn_blocking(move || rootfs::build(&home, &def, b.force, &kiln_image::quiet))
@@ -47,11 +48,11 @@ pub async fn build(State(st): State<AppState>, Extension(actor): Extension<Actor
     let store = st.manager.store();
     let _ = store.put_template(&built.name, built.rootfs.hex(), built.size_bytes, built.built_at);
     let _ = store.event(None, "template_built", &format!("{} {}", built.name, built.rootfs), &actor.0);
-    Ok(Json(template_json(&built)))
+    Ok(Json(template_info(&built)))
 }
 
 /// `POST /v1/templates/{name}/bake`.
-pub async fn bake(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn bake(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>) -> ApiResult<Json<Baked>> {
     let home = st.manager.home();
     let artifacts = kiln_core::artifacts::prepare(home, &name, &kiln_image::quiet)?;
     let (accel, _) = kiln_core::accel::resolve(home, Default::default()).await?;
@@ -61,5 +62,5 @@ pub async fn bake(State(st): State<AppState>, Extension(actor): Extension<Actor>
     let store = st.manager.store();
     let _ = store.put_snapshot(&snap_name, &name, snap.meta.created_at, snap.meta.bake_ms);
     let _ = store.event(None, "template_baked", &snap_name, &actor.0);
-    Ok(Json(json!({ "template": name, "snapshot": snap_name, "bake_ms": snap.meta.bake_ms })))
+    Ok(Json(Baked { template: name, snapshot: snap_name, bake_ms: snap.meta.bake_ms }))
 }

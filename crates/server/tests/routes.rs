@@ -93,3 +93,24 @@ async fn metrics_are_prometheus_text() {
         assert!(text.contains(m), "{m} missing:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn answers_are_the_api_shapes() {
+    let (st, _t) = state(false);
+    assert_eq!(call(&st, "GET", "/healthz", "").await, (StatusCode::OK, serde_json::json!({ "status": "ok" })));
+    assert_eq!(call(&st, "GET", "/v1/sandboxes", "").await, (StatusCode::OK, serde_json::json!([])));
+    // Nothing is built in a fresh home: every known template is just its name.
+    let (status, templates) = call(&st, "GET", "/v1/templates", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let templates: Vec<kiln_api::TemplateInfo> = serde_json::from_value(templates.clone()).unwrap_or_else(|e| panic!("{e}: {templates}"));
+    assert!(!templates.is_empty());
+    for t in &templates {
+        assert_eq!(serde_json::to_value(t).unwrap(), serde_json::json!({ "name": t.name, "built": false }));
+    }
+    // Errors: exactly {"error": {"code", "message"}}.
+    let (status, v) = call(&st, "GET", "/v1/sandboxes/sbx-000000000000", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let e: kiln_api::ErrorBody = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&e).unwrap(), v);
+    assert_eq!(e.error.code, "not_found");
+}
