@@ -5,6 +5,7 @@
 use std::path::{Component, Path};
 
 use kiln_core::Sandbox;
+use kiln_fs::Dir;
 use serde::Serialize;
 
 use crate::CiError;
@@ -42,8 +43,10 @@ fn safe_rel(p: &str) -> bool {
         && Path::new(p).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-/// Copies the files matching `globs` (relative to `workdir` in the guest) into `dest`.
-pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], dest: &Path) -> Result<Vec<Artifact>, CiError> {
+/// Copies the files matching `globs` (relative to `workdir` in the guest) into `artifacts/`
+/// of the cell's folder: every folder and file is made beneath its handle, new, and no link
+/// (a checkout's, or one the VM named) is followed.
+pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], cell: &Dir) -> Result<Vec<Artifact>, CiError> {
     if globs.is_empty() {
         return Ok(Vec::new());
     }
@@ -80,12 +83,17 @@ pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], dest: &Path
     }
     let mut out = Vec::new();
     let mut total = 0u64;
+    let dest = cell.create_dirs(Path::new("artifacts")).map_err(CiError::io("create artifacts/"))?;
     for p in paths {
-        let host = dest.join(&p);
-        if let Some(parent) = host.parent() {
-            std::fs::create_dir_all(parent).map_err(CiError::io(format!("create {}", parent.display())))?;
-        }
-        let mut file = tokio::fs::File::create(&host).await.map_err(CiError::io(format!("create {}", host.display())))?;
+        let rel = Path::new(&p);
+        let host = dest.path().join(rel);
+        let (parent, name) = match (rel.parent().filter(|d| !d.as_os_str().is_empty()), rel.file_name()) {
+            (Some(d), Some(n)) => (dest.create_dirs(d).map_err(CiError::io(format!("create {}", dest.path().join(d).display())))?, Path::new(n)),
+            (None, Some(n)) => (dest.try_clone().map_err(CiError::io("open artifacts/"))?, Path::new(n)),
+            _ => return Err(CiError::Artifacts(format!("the VM named an unsafe artifact path {p:?}"))),
+        };
+        let file = parent.create(name, 0o644).map_err(CiError::io(format!("create {}", host.display())))?;
+        let mut file = tokio::fs::File::from_std(file);
         let (size, _) = sbx.agent().read_file(&format!("{workdir}/{p}"), MAX_FILE, &mut file).await?;
         drop(file);
         total += size;

@@ -11,11 +11,20 @@ use kiln_vmm::VmSpec;
 
 use crate::CiError;
 
-/// The key of a setup: digest of everything that determines it.
-pub fn key(snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Result<String, CiError> {
-    let mut text = format!("kiln-ci-cache-v1\nsnapshot {snapshot}\nsetup {setup}\n");
+/// Largest file a cache key is computed from.
+pub const MAX_KEY_FILE: u64 = 64 << 20;
+
+/// The key of a setup: digest of everything that determines it, the repository's identity
+/// ([`crate::source::identity`]) first, so that two repositories on one host never share an
+/// entry.
+pub fn key(repo: &str, snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Result<String, CiError> {
+    let mut text = format!("kiln-ci-cache-v2\nrepo {repo}\nsnapshot {snapshot}\nsetup {setup}\n");
     for f in key_files {
-        let bytes = std::fs::read(f).map_err(CiError::io(format!("--cache-key {}", f.display())))?;
+        // The file is the pull request's: a symlink (to a host secret) or a FIFO is refused.
+        let bytes = kiln_fs::read_head_nofollow(f, MAX_KEY_FILE + 1).map_err(CiError::io(format!("--cache-key {} (a regular file of the checkout, not a link)", f.display())))?;
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(CiError::Invalid(format!("--cache-key {}: larger than {} MiB", f.display(), MAX_KEY_FILE >> 20)));
+        }
         text.push_str(&format!("file {} {}\n", f.display(), crate::digest::sha256_hex(&bytes)));
     }
     Ok(crate::digest::sha256_hex(text.as_bytes()))
@@ -59,3 +68,25 @@ impl Entry {
         std::fs::write(self.dir.join("complete"), b"").map_err(CiError::io(format!("mark {} complete", self.dir.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_repository_and_refuse_links() {
+        let t = tempfile::tempdir().unwrap();
+        let lock = t.path().join("package-lock.json");
+        std::fs::write(&lock, b"{}").unwrap();
+        let k = |repo: &str| key(repo, "snap", "npm ci", std::slice::from_ref(&lock)).unwrap();
+        assert_ne!(k("path /a\norigin "), k("path /b\norigin "));
+        assert_eq!(k("path /a\norigin "), k("path /a\norigin "));
+        let secret = t.path().join("id_ed25519");
+        std::fs::write(&secret, b"PRIVATE").unwrap();
+        let planted = t.path().join("planted.json");
+        std::os::unix::fs::symlink(&secret, &planted).unwrap();
+        let e = key("r", "snap", "npm ci", &[planted]).unwrap_err().to_string();
+        assert!(e.contains("not a link"), "{e}");
+    }
+}
+

@@ -60,12 +60,10 @@ impl Egress for ProxyEgress {
 /// Signs each cell's provenance with the host key in `$KILN_HOME/keys`.
 pub fn host_signer(home: &Home) -> crate::Signer {
     let store = kiln_provenance::KeyStore::in_home(home.root());
-    Arc::new(move |f: &kiln_provenance::BuildFacts, dir: &std::path::Path| {
+    Arc::new(move |f: &kiln_provenance::BuildFacts, dir: &kiln_fs::Dir| {
         let facts = kiln_provenance::BuildFacts { builder_id: format!("https://kiln.dev/builder/{}", hostname()), ..f.clone() };
         let json = kiln_provenance::provenance_for_run(&facts, &store).map_err(|e| e.to_string())?;
-        let path = dir.join("provenance.intoto.json");
-        std::fs::write(&path, json).map_err(|e| e.to_string())?;
-        Ok(path)
+        dir.write_new(std::path::Path::new("provenance.intoto.json"), &json).map_err(|e| e.to_string())
     })
 }
 

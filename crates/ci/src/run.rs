@@ -9,6 +9,7 @@ use kiln_core::sandbox::{ensure_snapshot, qemu_version};
 use kiln_core::snapshot::Expected;
 use kiln_provenance::BuildFacts;
 use kiln_core::{ExecRequest, Output, Sandbox, SandboxError, SandboxOptions};
+use kiln_fs::Dir;
 use kiln_image::Home;
 use serde::Serialize;
 
@@ -63,7 +64,7 @@ pub trait Egress: Send + Sync {
 
 /// Writes a signed provenance file for a cell, returns its path.
 /// (`builder_id` is the signer's to fill.)
-pub type Signer = Arc<dyn Fn(&BuildFacts, &Path) -> Result<PathBuf, String> + Send + Sync>;
+pub type Signer = Arc<dyn Fn(&BuildFacts, &Dir) -> Result<PathBuf, String> + Send + Sync>;
 
 /// Where the output of the build goes as it happens (cell label, masked bytes, is-stderr).
 pub type Sink = Arc<dyn Fn(&str, &[u8], bool) + Send + Sync>;
@@ -213,7 +214,9 @@ fn attach_egress(sbx: &Sandbox, egress: &Arc<dyn Egress>) -> tokio::task::JoinHa
 pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Signer, sink: Sink, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Report, CiError> {
     let t0 = Instant::now();
     let started = SystemTime::now();
-    std::fs::create_dir_all(&cfg.out).map_err(CiError::io(format!("create {}", cfg.out.display())))?;
+    // The out folder may sit in the pull request's checkout: it must be new (or empty), and
+    // everything below it is written through its handle, never through a link.
+    let out_dir = Dir::create_out(&cfg.out).map_err(|e| CiError::Invalid(format!("--out: {e}")))?;
     let secret_values: Vec<&str> = cfg.secrets.iter().map(|(_, v)| v.as_str()).collect();
     let masker = Masker::new(&secret_values);
     let work = tempdir_in(home)?;
@@ -233,7 +236,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
     ensure_snapshot(home, &artifacts_boot, accel, cpus, mem, Duration::from_secs(120), progress).await?;
     let snapshot_name = Expected::new(&artifacts_boot, qemu_version()?, accel, cpus, mem).dir_name();
     let cache_key = match &cfg.setup {
-        Some(setup) if !cfg.setup_secrets => Some(crate::cache::key(&snapshot_name, setup, &cfg.cache_keys)?),
+        Some(setup) if !cfg.setup_secrets => Some(crate::cache::key(&source::identity(&cfg.repo), &snapshot_name, setup, &cfg.cache_keys)?),
         _ => None,
     };
     let cache = cache_key.as_ref().map(|k| crate::cache::Entry::new(home, k));
@@ -303,7 +306,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
             }
             let mut log = Vec::new();
             let o = step(&setup_vm, setup, workdir, env, cfg.timeout, "setup", &masks, &sink, &mut log).await?;
-            std::fs::write(cfg.out.join("setup.log"), &log).map_err(CiError::io(format!("write {}", cfg.out.join("setup.log").display())))?;
+            out_dir.write_new(Path::new("setup.log"), &log).map_err(CiError::io("write setup.log"))?;
             setup_exit = Some(o.exit_code());
             if o.exit_code() != 0 {
                 let report = Report {
@@ -344,7 +347,8 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         let sem = sem.clone();
         let env = build_env(cell);
         let name = cell_name(cell);
-        let dir = cfg.out.join(if all_cells.len() == 1 { "build".to_owned() } else { name.replace(['/', ' '], "_") });
+        let dir_name = if all_cells.len() == 1 { "build".to_owned() } else { name.replace(['/', ' '], "_") };
+        let out_dir = &out_dir;
         let masker = masker.clone();
         let sink = sink.clone();
         let sign = sign.clone();
@@ -358,22 +362,28 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         let workdir = workdir.to_owned();
         futs.push(async move {
             let _permit = sem.acquire().await;
-            let _ = std::fs::create_dir_all(&dir);
+            let dir = out_dir.create_dirs(Path::new(&dir_name));
             let masks = Mutex::new((masker.clone(), masker.clone()));
             let mut log = Vec::new();
             let t = Instant::now();
             let r = step(sbx, &cfg.build, &workdir, env, cfg.timeout, &label, &masks, &sink, &mut log).await;
-            let log_path = dir.join("build.log");
-            let _ = std::fs::write(&log_path, &log);
+            let log_path = out_dir.path().join(&dir_name).join("build.log");
             let mut report = CellReport { name, env: cell.clone(), exit_code: 125, timed_out: false, duration_ms: t.elapsed().as_millis() as u64,
                                           log: log_path, artifacts: vec![], provenance: None, error: None };
+            let dir = match dir.and_then(|d| d.write_new(Path::new("build.log"), &log).map(|_| d)) {
+                Ok(d) => d,
+                Err(e) => {
+                    report.error = Some(masker.mask_str(&format!("writing the cell's output: {e}")));
+                    return report;
+                }
+            };
             match r {
                 Ok(o) => {
                     report.exit_code = o.exit_code();
                     report.timed_out = o.timed_out;
-                    match artifacts::collect(sbx, &workdir, &cfg.artifacts, &dir.join("artifacts")).await {
+                    match artifacts::collect(sbx, &workdir, &cfg.artifacts, &dir).await {
                         Ok(a) => report.artifacts = a,
-                        Err(e) => report.error = Some(format!("collecting artifacts: {e}")),
+                        Err(e) => report.error = Some(masker.mask_str(&format!("collecting artifacts: {e}"))),
                     }
                     if !report.artifacts.is_empty() {
                         let mut facts = facts_base;
@@ -381,7 +391,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
                         facts.artifacts = report.artifacts.iter().map(|a| (a.path.clone(), a.sha256.clone())).collect();
                         match sign(&facts, &dir) {
                             Ok(p) => report.provenance = Some(p),
-                            Err(e) => report.error = Some(format!("provenance: {e}")),
+                            Err(e) => report.error = Some(masker.mask_str(&format!("provenance: {e}"))),
                         }
                     }
                 }

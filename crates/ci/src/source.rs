@@ -44,6 +44,18 @@ fn run(c: &mut Command, what: &str) -> Result<String, CiError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// What names a repository for the CI cache, chosen by the runner rather than the pull
+/// request: the folder it was checked out in and its `origin` (the checkout's `.git/config`
+/// is not part of the commit).
+pub fn identity(repo: &str) -> String {
+    if is_url(repo) {
+        return format!("url {repo}");
+    }
+    let path = std::fs::canonicalize(repo).map(|p| p.display().to_string()).unwrap_or_else(|_| repo.to_owned());
+    let origin = run(git(Path::new(repo)).args(["config", "--get", "remote.origin.url"]), "git config").unwrap_or_default();
+    format!("path {path}\norigin {origin}")
+}
+
 /// Makes a bundle of `git_ref` of the local repository `repo` in `dir`.
 pub fn bundle(repo: &Path, git_ref: &str, dir: &Path) -> Result<Source, CiError> {
     if run(git(repo).args(["rev-parse", "--git-dir"]), "").is_err() {
@@ -61,8 +73,15 @@ pub fn bundle(repo: &Path, git_ref: &str, dir: &Path) -> Result<Source, CiError>
     let _ = std::fs::remove_file(&bundle);
     let named = run(git(repo).args(["bundle", "create", "--quiet"]).arg(&bundle).arg(git_ref), "git bundle");
     if named.is_err() {
-        // A bare commit id names no ref a bundle can carry: bundle everything instead.
-        run(git(repo).args(["bundle", "create", "--quiet"]).arg(&bundle).arg("--all"), "git bundle")?;
+        // A bare commit id names no ref a bundle can carry. Not `--all` (that would ship every
+        // ref of the runner's checkout into the VM): a scratch repository borrows the objects
+        // and names only this commit.
+        let scratch = dir.join("one-ref.git");
+        let objects = run(git(repo).args(["rev-parse", "--path-format=absolute", "--git-common-dir"]), "git rev-parse")?;
+        run(Command::new("git").args(["init", "--quiet", "--bare"]).arg(&scratch), "git init")?;
+        std::fs::write(scratch.join("objects/info/alternates"), format!("{objects}/objects\n")).map_err(CiError::io(format!("write {}", scratch.display())))?;
+        run(git(&scratch).args(["update-ref", "refs/heads/kiln-build", &commit]), "git update-ref")?;
+        run(git(&scratch).args(["bundle", "create", "--quiet"]).arg(&bundle).arg("refs/heads/kiln-build"), "git bundle")?;
     }
     Ok(Source::Bundle { bundle, commit, prefix })
 }
@@ -127,5 +146,35 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         assert!(bundle(outside.path(), "HEAD", &out).is_err());
         assert!(is_url("https://example.com/x.git") && !is_url("./x"));
+    }
+
+    #[test]
+    fn a_bare_commit_ships_only_itself() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("r");
+        let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(t.path()).status().unwrap().success(), "{cmd}");
+        sh("git init -q r && cd r && git config user.email a@b && git config user.name a && echo hi > f && git add f && git commit -qm one \
+            && git checkout -qb private-work && echo secret > s && git add s && git commit -qm private && git checkout -q -");
+        let head = run(git(&repo).args(["rev-parse", "HEAD"]), "").unwrap();
+        let out = t.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let Source::Bundle { bundle: file, commit, .. } = bundle(&repo, &head, &out).unwrap() else { panic!() };
+        assert_eq!(commit, head);
+        let heads = run(Command::new("git").args(["bundle", "list-heads"]).arg(&file), "").unwrap();
+        assert_eq!(heads, format!("{head} refs/heads/kiln-build"), "only the commit asked for: {heads}");
+        // The runner's checkout is unchanged: no new ref.
+        let refs = run(git(&repo).args(["for-each-ref", "--format=%(refname)"]), "").unwrap();
+        assert!(!refs.contains("kiln"), "{refs}");
+    }
+
+    #[test]
+    fn identity_is_the_runner_s_not_the_commit_s() {
+        let t = tempfile::tempdir().unwrap();
+        let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(t.path()).status().unwrap().success(), "{cmd}");
+        sh("git init -q a && git init -q b && git -C b remote add origin https://example.com/b.git");
+        let (a, b) = (identity(&t.path().join("a").display().to_string()), identity(&t.path().join("b").display().to_string()));
+        assert_ne!(a, b);
+        assert!(b.contains("origin https://example.com/b.git"), "{b}");
+        assert_eq!(identity("https://example.com/x.git"), "url https://example.com/x.git");
     }
 }

@@ -64,7 +64,8 @@ pub struct RunArgs {
     /// Files to copy out of the VM, a glob relative to the checkout (repeatable).
     #[arg(long = "artifact", value_name = "GLOB")]
     artifacts: Vec<String>,
-    /// Output folder: logs, artifacts, provenance, report.json.
+    /// Output folder: logs, artifacts, provenance, report.json. It must not exist yet (or be
+    /// empty) and not be a symlink; keep it outside the checkout.
     #[arg(long, default_value = "kiln-ci-out")]
     out: PathBuf,
     /// Cells at once (default: the host's cores).
@@ -205,9 +206,15 @@ pub async fn run(cmd: CiCmd) -> i32 {
     };
     match result {
         Ok(report) => {
-            let path = cfg.out.join("report.json");
             let text = serde_json::to_string_pretty(&report).expect("json");
-            let _ = std::fs::write(&path, &text);
+            // Through the out folder's handle: a link planted there is replaced, not followed.
+            let path = match kiln_fs::Dir::open(&cfg.out).and_then(|d| d.replace("report.json", text.as_bytes())) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("kiln: cannot write the report into {}: {e}", cfg.out.display());
+                    cfg.out.join("report.json")
+                }
+            };
             if json {
                 println!("{text}");
             } else {

@@ -16,8 +16,9 @@ pub fn make_owned_dir(dir: &Path) -> std::io::Result<()> {
 pub use kiln_vmm::spawn::pid_alive;
 
 fn owner_alive(dir: &Path) -> bool {
-    match std::fs::read_to_string(dir.join("owner.pid")) {
-        Ok(s) => s.trim().parse().map(pid_alive).unwrap_or(false),
+    // A VMM can write into its run folder: a link or FIFO planted as owner.pid is not followed.
+    match kiln_fs::read_head_nofollow(&dir.join("owner.pid"), 32) {
+        Ok(b) => String::from_utf8_lossy(&b).trim().parse().map(pid_alive).unwrap_or(false),
         // No owner file: a folder being made this instant, or one from before owner files.
         // Keep it if it is young.
         Err(_) => std::fs::metadata(dir)

@@ -151,13 +151,18 @@ impl Sandbox {
         //    parent's old VMM ends first, so that no process still holds them writable when they
         //    are frozen; its run folder is recreated for the restarted one, which runs on a copy
         //    of the frozen RAM (made while the clones start) so it stays forkable.
+        //    Both names sit where the VMM could write: each is opened once without following
+        //    links, linked from that descriptor, and frozen through it.
+        let mut linked = Vec::new();
         for (from, to) in [(&memory, base.memory.clone()), (&disk, base.dir.join("disk.qcow2"))] {
-            std::fs::hard_link(from, &to).map_err(io(format!("link {} into the fork", from.display())))?;
+            linked.push(kiln_fs::link_regular(from, &to).map_err(io(format!("link {} into the fork", from.display())))?);
         }
         self.kill();
-        for f in [base.memory.clone(), base.dir.join("disk.qcow2"), base.dir.join("state")] {
-            crate::snapshot::freeze(&f).map_err(io(format!("freeze {}", f.display())))?;
+        for f in &linked {
+            kiln_fs::freeze_file(f).map_err(io(format!("freeze the fork base in {}", base.dir.display())))?;
         }
+        let state = base.dir.join("state");
+        crate::snapshot::freeze(&state).map_err(io(format!("freeze {}", state.display())))?;
         let run_dir = self.spec.run_dir.clone();
         crate::cleanup::make_owned_dir(&run_dir).map_err(io(format!("create {}", run_dir.display())))?;
         let own = crate::sandbox::own_memory(home, &self.id)?;

@@ -17,7 +17,7 @@
 //! Nothing secret is ever in a snapshot: the template VM gets no identity, environment or
 //! secret before it is saved.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -388,12 +388,10 @@ fn running_as_root() -> bool {
 }
 
 /// Makes a file that clones will share read-only and root's: while a VM ran, it belonged to
-/// that VM's uid, which a later VMM may be given again.
+/// that VM's uid, which a later VMM may be given again. By descriptor, never through a link
+/// the VMM could have planted (see [`kiln_fs::freeze`]).
 pub(crate) fn freeze(path: &Path) -> std::io::Result<()> {
-    if running_as_root() {
-        std::os::unix::fs::chown(path, Some(0), Some(0))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+    kiln_fs::freeze(path)
 }
 
 /// Free bytes for an unprivileged writer in the file system holding `path`.

@@ -111,6 +111,11 @@ impl Dir {
         Ok(dir)
     }
 
+    /// A second handle on the same folder.
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir { fd: self.fd.try_clone()?, path: self.path.clone() })
+    }
+
     /// The path it was opened by (for messages and reports).
     pub fn path(&self) -> &Path {
         &self.path
@@ -132,7 +137,7 @@ impl Dir {
     /// A folder beneath this one, with missing components created (mode 0755), none of them
     /// a symlink.
     pub fn create_dirs(&self, rel: &Path) -> io::Result<Dir> {
-        let mut dir = Dir { fd: self.fd.try_clone()?, path: self.path.clone() };
+        let mut dir = self.try_clone()?;
         for c in relative(rel)?.components() {
             let Component::Normal(name) = c else { continue };
             let n = cstr(Path::new(name))?;

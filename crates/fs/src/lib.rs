@@ -10,7 +10,9 @@
 #![warn(missing_docs)]
 
 mod dir;
+mod freeze;
 mod read;
 
 pub use dir::Dir;
-pub use read::{read_head_nofollow, read_tail_nofollow};
+pub use freeze::{freeze, freeze_file, link_regular};
+pub use read::{open_regular_nofollow, read_head_nofollow, read_tail_nofollow};

@@ -7,7 +7,9 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-fn open_regular_nofollow(path: &Path) -> io::Result<File> {
+/// Opens a regular file for reading: a symlink as the last component, a FIFO or a device is
+/// refused (without blocking).
+pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a regular file", path.display())));

@@ -122,13 +122,8 @@ const KEY_LINES: [&str; 2] = ["Kernel panic", "reboot: "];
 /// A kernel panic or halt line among the last 16 KiB is kept too, first: a panic's stack
 /// trace is longer than the tail.
 pub fn console_tail(path: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut bytes = Vec::new();
-    if f.seek(SeekFrom::Start(len.saturating_sub(16 << 10))).is_err() || f.take(16 << 10).read_to_end(&mut bytes).is_err() {
-        return String::new();
-    }
+    // The VMM writes this file and can replace it: a link, a FIFO or a huge file is not read.
+    let Ok(bytes) = kiln_fs::read_tail_nofollow(path, 16 << 10) else { return String::new() };
     let window = String::from_utf8_lossy(&bytes);
     let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(2048)..]);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

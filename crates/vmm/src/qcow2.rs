@@ -21,7 +21,8 @@ pub struct Header {
 
 /// Reads the header of a qcow2 image; `None` if `path` is not a qcow2 image (e.g. a raw one).
 pub fn header(path: &Path) -> std::io::Result<Option<Header>> {
-    let mut f = std::fs::File::open(path)?;
+    // The overlay sits in a run folder the VMM can write: never follow what it planted there.
+    let mut f = kiln_fs::open_regular_nofollow(path)?;
     let mut h = [0u8; 32];
     if f.read(&mut h)? < 32 || &h[..4] != MAGIC {
         return Ok(None);

@@ -137,7 +137,7 @@ impl Qemu {
             if let Some((c, cg)) = &cgroup {
                 c.release(cg);
             }
-            let detail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let detail = String::from_utf8_lossy(&kiln_fs::read_head_nofollow(&stderr_path, 4096).unwrap_or_default()).into_owned();
             let _ = std::fs::remove_dir_all(&spec.run_dir);
             match detail.lines().find(|l| l.starts_with("kiln jail:")) {
                 Some(step) => VmError::Confine(format!("{step}: {source}")),
@@ -248,8 +248,10 @@ impl Vm for QemuVm {
 
     /// What QEMU printed on stderr (at most 4 KiB).
     fn vmm_log(&self) -> String {
-        let bytes = std::fs::read(self.run_dir.join("qemu.stderr")).unwrap_or_default();
-        String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).trim().to_owned()
+        // The VMM can replace this file: a link, a FIFO or a huge file is not read.
+        let bytes = kiln_fs::read_head_nofollow(&self.run_dir.join("qemu.stderr"), 4096).unwrap_or_default();
+        let text: String = String::from_utf8_lossy(&bytes).chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '?' } else { c }).collect();
+        text.trim().to_owned()
     }
 
     fn pause(&mut self) -> VmFuture<'_, ()> {
