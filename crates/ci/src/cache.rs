@@ -21,7 +21,7 @@ pub fn key(repo: &str, snapshot: &str, setup: &str, key_files: &[PathBuf]) -> Re
     let mut text = format!("kiln-ci-cache-v2\nrepo {repo}\nsnapshot {snapshot}\nsetup {setup}\n");
     for f in key_files {
         // The file is the pull request's: a symlink (to a host secret) or a FIFO is refused.
-        let bytes = kiln_fs::read_head_nofollow(f, MAX_KEY_FILE + 1).map_err(CiError::io(format!("--cache-key {} (a regular file of the checkout, not a link)", f.display())))?;
+        let bytes = kiln_fs::read_head_nofollow(f, MAX_KEY_FILE + 1).map_err(|e| CiError::Invalid(format!("--cache-key {}: {e}; it must be a regular file of the checkout, not a link", f.display())))?;
         if bytes.len() as u64 > MAX_KEY_FILE {
             return Err(CiError::Invalid(format!("--cache-key {}: larger than {} MiB", f.display(), MAX_KEY_FILE >> 20)));
         }

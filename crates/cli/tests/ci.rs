@@ -106,7 +106,9 @@ fn failing_cell_fails_the_run_and_timeouts_are_124() {
     let out = tempfile::tempdir().unwrap();
     let o = kiln(&th, &["ci", "run", "--repo", r.path().to_str().unwrap(), "--build", "sh build.sh", "--matrix", "X=good,bad", "--out", out.path().to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    let o = kiln(&th, &["ci", "run", "--repo", r.path().to_str().unwrap(), "--build", "sleep 100 & while :; do :; done", "--timeout", "3", "--out", out.path().to_str().unwrap()], &[]);
+    // Each run gets an out folder of its own (kiln refuses one that is not empty).
+    let out2 = out.path().join("second");
+    let o = kiln(&th, &["ci", "run", "--repo", r.path().to_str().unwrap(), "--build", "sleep 100 & while :; do :; done", "--timeout", "3", "--out", out2.to_str().unwrap()], &[]);
     assert_eq!(o.status.code(), Some(124), "{}", text(&o.stderr));
     for bad in [&["ci", "run", "--repo", "/no/such/repo", "--build", "true"][..], &["ci", "run", "--repo", ".", "--build", "true", "--matrix", "X"][..], &["ci", "run", "--repo", ".", "--build", "true", "--artifact", "../etc/passwd"][..], &["ci", "run", "--repo", ".", "--build", "true", "--secret", "NOT_SET_ANYWHERE_123"][..]] {
         let o = kiln(&th, bad, &[]);
