@@ -121,6 +121,36 @@ pub struct Report {
     pub duration_ms: u64,
 }
 
+/// Most matrix cells one run may have: each is a forked VM, all alive at once.
+pub const MAX_CELLS: usize = kiln_core::fork::MAX_FORK;
+/// Most cells built at once.
+pub const MAX_PARALLEL: usize = 16;
+
+/// How many cells a matrix expands to, checked against [`MAX_CELLS`] before it is expanded
+/// (30 two-value axes would be 2^30 cells).
+pub fn cell_count(matrix: &[(String, Vec<String>)]) -> Result<usize, CiError> {
+    let mut n: usize = 1;
+    for (k, values) in matrix {
+        if values.is_empty() {
+            return Err(CiError::Invalid(format!("--matrix {k}: no values")));
+        }
+        n = n.checked_mul(values.len()).filter(|n| *n <= MAX_CELLS).ok_or_else(|| {
+            CiError::Invalid(format!("the matrix has more than {MAX_CELLS} cells (each cell is a VM, all alive at once); split the job"))
+        })?;
+    }
+    Ok(n)
+}
+
+impl CiConfig {
+    /// Checks the limits that do not need the source: the matrix's size and `parallel`.
+    pub fn check_limits(&self) -> Result<usize, CiError> {
+        if self.parallel == 0 || self.parallel > MAX_PARALLEL {
+            return Err(CiError::Invalid(format!("parallel must be between 1 and {MAX_PARALLEL} (got {})", self.parallel)));
+        }
+        cell_count(&self.matrix)
+    }
+}
+
 fn cells(matrix: &[(String, Vec<String>)]) -> Vec<BTreeMap<String, String>> {
     let mut out = vec![BTreeMap::new()];
     for (k, values) in matrix {
@@ -214,6 +244,7 @@ fn attach_egress(sbx: &Sandbox, egress: &Arc<dyn Egress>) -> tokio::task::JoinHa
 pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Signer, sink: Sink, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Report, CiError> {
     let t0 = Instant::now();
     let started = SystemTime::now();
+    cfg.check_limits()?;
     // The out folder may sit in the pull request's checkout: it must be new (or empty), and
     // everything below it is written through its handle, never through a link.
     let out_dir = Dir::create_out(&cfg.out).map_err(|e| CiError::Invalid(format!("--out: {e}")))?;
@@ -461,6 +492,20 @@ mod tests {
         push_capped(&mut b, b"6789", 8);
         push_capped(&mut b, b"more", 8);
         assert_eq!(b, [&b"12345678"[..], TRUNCATED].concat());
+    }
+
+    #[test]
+    fn matrix_limits_are_checked_before_expansion() {
+        let axis = |k: usize| (format!("A{k}"), vec!["0".to_owned(), "1".to_owned()]);
+        let huge: Vec<_> = (0..30).map(axis).collect();
+        let t = Instant::now();
+        let e = cell_count(&huge).unwrap_err().to_string();
+        assert!(e.contains("more than 64 cells"), "{e}");
+        assert!(t.elapsed() < Duration::from_millis(100));
+        let overflow: Vec<_> = (0..200).map(axis).collect();
+        assert!(cell_count(&overflow).is_err());
+        assert_eq!(cell_count(&(0..6).map(axis).collect::<Vec<_>>()).unwrap(), 64);
+        assert!(cell_count(&[("A".into(), vec![])]).is_err());
     }
 
     #[test]

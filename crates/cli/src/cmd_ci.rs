@@ -68,7 +68,8 @@ pub struct RunArgs {
     /// empty) and not be a symlink; keep it outside the checkout.
     #[arg(long, default_value = "kiln-ci-out")]
     out: PathBuf,
-    /// Cells at once (default: the host's cores).
+    /// Cells built at once, 1 to 16 (default: the host's cores, at most 16). A matrix has at
+    /// most 64 cells.
     #[arg(long)]
     parallel: Option<usize>,
     /// Print the report as JSON on stdout (build output goes to stderr).
@@ -140,7 +141,7 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         matrix,
         artifacts: a.artifacts.clone(),
         out: a.out.clone(),
-        parallel: a.parallel.unwrap_or(cores),
+        parallel: a.parallel.unwrap_or(cores.min(kiln_ci::run::MAX_PARALLEL)),
     })
 }
 
