@@ -271,7 +271,18 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         _ => None,
     };
     let cache = cache_key.as_ref().map(|k| crate::cache::Entry::new(home, k));
-    let cache_hit = cache.as_ref().is_some_and(|c| c.is_valid());
+    // An entry is restored only once its files check out against the digests recorded when a
+    // trusted run wrote it; a damaged one is a miss (and a trusted run rewrites it).
+    let cache_hit = match &cache {
+        Some(c) if c.is_complete() => match tokio::task::spawn_blocking({ let c = c.clone(); move || c.verify() }).await.unwrap_or_else(|e| Err(e.to_string())) {
+            Ok(()) => true,
+            Err(why) => {
+                progress(&format!("setup cache entry {} is not usable ({why}); running the setup", c.key_short()));
+                false
+            }
+        },
+        _ => false,
+    };
 
     let base_env: Vec<(String, String)> = proxy_env();
     let build_env = |cell: &BTreeMap<String, String>| -> Vec<(String, String)> {
