@@ -83,6 +83,7 @@ async fn probe_kvm(home: &Home) -> Result<(), SandboxError> {
         memory_mib: 256,
         accel: Accel::Kvm,
         disk: None,
+        disk_backing: None,
         run_dir,
         memory: Memory::Anonymous,
         incoming: false,

@@ -52,8 +52,8 @@ async fn restore_new(home: &Home, base: &ForkBase, like: &VmSpec, memory: Memory
 async fn restore_from(base: &ForkBase, like: &VmSpec, run_dir: &Path, memory: Memory, timeout: Duration) -> Result<Restored, SandboxError> {
     let t0 = Instant::now();
     let overlay = run_dir.join("overlay.qcow2");
-    create_overlay(&base.dir.join("disk.qcow2"), "qcow2", &overlay)?;
-    let spec = VmSpec { run_dir: run_dir.to_owned(), disk: Some(overlay), memory, incoming: true, ..like.clone() };
+    let backing = create_overlay(&base.dir.join("disk.qcow2"), "qcow2", &overlay)?;
+    let spec = VmSpec { run_dir: run_dir.to_owned(), disk: Some(overlay), disk_backing: Some(backing), memory, incoming: true, ..like.clone() };
     let mut vm = default_driver().launch(spec.clone())?;
     let loaded = tokio::time::timeout(timeout, async {
         vm.load_state(&base.dir.join("state")).await?;
@@ -93,6 +93,7 @@ impl Sandbox {
             memory_mib: spec.memory_mib,
             accel,
             disk: None,
+            disk_backing: None,
             run_dir: home.run().to_owned(),
             memory: Memory::Anonymous,
             incoming: true,
@@ -158,6 +159,16 @@ impl Sandbox {
             linked.push(kiln_fs::link_regular(from, &to).map_err(io(format!("link {} into the fork", from.display())))?);
         }
         self.kill();
+        // The overlay's header names its backing file, and the VMM could write it: the base
+        // keeps the chain kiln made, or there is no fork.
+        let named = kiln_vmm::qcow2::header(&base.dir.join("disk.qcow2")).ok().flatten().and_then(|h| h.backing);
+        if self.spec.disk_backing.is_some() && named != self.spec.disk_backing {
+            return Err(SandboxError::Protocol(format!(
+                "the disk's header was rewritten to name {} (kiln made it over {}); the sandbox was destroyed",
+                named.map(|p| p.display().to_string()).unwrap_or_else(|| "no backing file".into()),
+                self.spec.disk_backing.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            )));
+        }
         for f in &linked {
             kiln_fs::freeze_file(f).map_err(io(format!("freeze the fork base in {}", base.dir.display())))?;
         }

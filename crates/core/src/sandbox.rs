@@ -203,10 +203,13 @@ impl Sandbox {
         let prepare_time = t0.elapsed();
         let (id, run_dir) = Self::new_run_dir(home)?;
         let overlay = run_dir.join("overlay.qcow2");
-        if let Err(e) = create_overlay(&artifacts.rootfs_path, "raw", &overlay) {
-            let _ = std::fs::remove_dir_all(&run_dir);
-            return Err(e);
-        }
+        let backing = match create_overlay(&artifacts.rootfs_path, "raw", &overlay) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let extra = format!("kiln.root=/dev/vda kiln.hostname={id} kiln.time={}", now.as_secs());
         let spec = VmSpec {
@@ -217,6 +220,7 @@ impl Sandbox {
             memory_mib,
             accel,
             disk: Some(overlay),
+            disk_backing: Some(backing),
             run_dir: run_dir.clone(),
             memory: if opts.forkable { Memory::File { path: own_memory(home, &id)?, shared: true } } else { Memory::Anonymous },
             incoming: false,
@@ -241,10 +245,13 @@ impl Sandbox {
         let prepare_time = t0.elapsed();
         let (id, run_dir) = Self::new_run_dir(home)?;
         let overlay = run_dir.join("overlay.qcow2");
-        if let Err(e) = create_overlay(&snap.disk(), "qcow2", &overlay) {
-            let _ = std::fs::remove_dir_all(&run_dir);
-            return Err(e);
-        }
+        let backing = match create_overlay(&snap.disk(), "qcow2", &overlay) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
         let memory = if opts.forkable {
             // A private, writable copy of the template's RAM that this sandbox maps shared.
             let own = own_memory(home, &id)?;
@@ -265,6 +272,7 @@ impl Sandbox {
             memory_mib: snap.meta.made_of.memory_mib,
             accel,
             disk: Some(overlay),
+            disk_backing: Some(backing),
             run_dir: run_dir.clone(),
             memory,
             incoming: true,

@@ -285,7 +285,8 @@ pub fn memory_path(home: &Home, expected: &Expected) -> PathBuf {
 /// Creates a qcow2 overlay over `base` (format `base_format`). qcow2 records the backing file's
 /// path, so it is recorded with symbolic links resolved: an overlay made through a linked folder
 /// must not depend on the link (or the folder holding it) staying around.
-pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<(), SandboxError> {
+/// Returns the backing file as recorded.
+pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<PathBuf, SandboxError> {
     let base = &std::fs::canonicalize(base).map_err(|source| SandboxError::Io { what: format!("resolve {}", base.display()), source })?;
     let out = std::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
@@ -296,7 +297,7 @@ pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<
     if !out.status.success() {
         return Err(SandboxError::Tool { tool: "qemu-img create".into(), detail: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
     }
-    Ok(())
+    Ok(base.clone())
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -457,7 +458,7 @@ async fn bake_into(
     boot_timeout: Duration,
 ) -> Result<SnapshotMeta, SandboxError> {
     let disk = dir.join("disk.qcow2");
-    create_overlay(&a.rootfs_path, "raw", &disk)?;
+    let backing = create_overlay(&a.rootfs_path, "raw", &disk)?;
     let memory = memory.to_owned();
     let cmdline = a.kernel.cmdline(kiln_image::kernel::host_tsc_khz(), "kiln.root=/dev/vda kiln.hostname=kiln-template");
     let run_dir = home.run().join(format!("bake-{}", crate::random::hex(4)));
@@ -470,6 +471,7 @@ async fn bake_into(
         memory_mib: expected.memory_mib,
         accel: expected.accel,
         disk: Some(disk.clone()),
+        disk_backing: Some(backing),
         run_dir,
         memory: Memory::File { path: memory.clone(), shared: true },
         incoming: false,

@@ -223,7 +223,7 @@ fn a_disk_chain_naming_a_non_image_file_is_refused() {
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let run = d.path().join("run");
     std::fs::create_dir(&run).unwrap();
-    kiln_core::snapshot::create_overlay(&secret, "raw", &run.join("overlay.qcow2")).unwrap();
+    let backing = kiln_core::snapshot::create_overlay(&secret, "raw", &run.join("overlay.qcow2")).unwrap();
     let spec = VmSpec {
         kernel: "/k".into(),
         initrd: "/i".into(),
@@ -232,10 +232,51 @@ fn a_disk_chain_naming_a_non_image_file_is_refused() {
         memory_mib: 64,
         accel: kiln_vmm::Accel::Tcg,
         disk: Some(run.join("overlay.qcow2")),
+        disk_backing: Some(backing),
         run_dir: run.clone(),
         memory: Memory::Anonymous,
         incoming: false,
     };
     let e = kiln_vmm::confine::host().expect("confinement").jail(&spec).unwrap_err().to_string();
     assert!(e.contains("signing.key") && e.contains("not a frozen image") && e.contains("refusing"), "{e}");
+}
+
+/// Item 6 of the boundary: a frozen file is not enough. A VMM that rewrote its overlay's
+/// header to name another frozen, root-owned, read-only file (another tenant's cache disk, a
+/// 0444 secret) is refused too: the jail checks the header against the backing file kiln made
+/// the overlay over.
+#[test]
+#[ignore = "needs QEMU: run `make test`, or `cargo test -- --include-ignored` once `make deps` installed it"]
+fn a_rewritten_disk_header_naming_another_frozen_file_is_refused() {
+    use kiln_vmm::driver::{Memory, VmSpec};
+    let d = tempfile::tempdir().unwrap();
+    let frozen = |name: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        kiln_fs::freeze(&p).unwrap();
+        p
+    };
+    let (mine, theirs) = (frozen("rootfs.img"), frozen("other-tenant-disk.img"));
+    let run = d.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let overlay = run.join("overlay.qcow2");
+    let backing = kiln_core::snapshot::create_overlay(&mine, "raw", &overlay).unwrap();
+    // The VMM's rewrite: the same overlay, now over the other file.
+    std::fs::remove_file(&overlay).unwrap();
+    kiln_core::snapshot::create_overlay(&theirs, "raw", &overlay).unwrap();
+    let spec = VmSpec {
+        kernel: "/k".into(),
+        initrd: "/i".into(),
+        cmdline: String::new(),
+        cpus: 1,
+        memory_mib: 64,
+        accel: kiln_vmm::Accel::Tcg,
+        disk: Some(overlay),
+        disk_backing: Some(backing),
+        run_dir: run.clone(),
+        memory: Memory::Anonymous,
+        incoming: false,
+    };
+    let e = kiln_vmm::confine::host().expect("confinement").jail(&spec).unwrap_err().to_string();
+    assert!(e.contains("other-tenant-disk.img") && e.contains("rewritten") && e.contains("refusing"), "{e}");
 }

@@ -258,6 +258,17 @@ impl Confinement {
         if let Some(disk) = &spec.disk {
             ops.chown(disk, uid, gid).map_err(fail(format!("chown {}", disk.display())))?;
             let header = crate::qcow2::header(disk).map_err(fail(format!("read {}", disk.display())))?;
+            if let Some(expected) = &spec.disk_backing {
+                let named = header.as_ref().and_then(|h| h.backing.clone());
+                if named.as_deref() != Some(expected.as_path()) {
+                    return Err(VmError::Confine(format!(
+                        "{} names {} as its backing file, but kiln made it over {}: its header was rewritten; refusing to show the chain to the VMM",
+                        disk.display(),
+                        named.map(|p| p.display().to_string()).unwrap_or_else(|| "nothing".into()),
+                        expected.display()
+                    )));
+                }
+            }
             plan.max_file_bytes = header.map(|h| h.virtual_size).unwrap_or(0).saturating_add(FILE_SLACK);
             for b in crate::qcow2::backing_chain(disk).map_err(fail(format!("read the backing chain of {}", disk.display())))? {
                 frozen_image(&b).map_err(|why| VmError::Confine(format!("the disk chain of {} names {}: {why}; refusing to show it to the VMM", disk.display(), b.display())))?;

@@ -41,6 +41,9 @@ pub struct VmSpec {
     pub accel: Accel,
     /// The VM's writable root disk (a qcow2 overlay over a read-only base), if any.
     pub disk: Option<PathBuf>,
+    /// The file kiln made `disk` over, as its header recorded it then. The header lives in a
+    /// file the VMM writes, so it is checked against this before a VMM is shown the chain.
+    pub disk_backing: Option<PathBuf>,
     /// Folder for sockets and logs, created by the driver and removed when the VM ends.
     pub run_dir: PathBuf,
     /// RAM backing.

@@ -296,6 +296,7 @@ mod tests {
             memory_mib: 256,
             accel: Accel::Tcg,
             disk: Some("/r/overlay.qcow2".into()),
+            disk_backing: None,
             run_dir: "/r".into(),
             memory: Memory::Anonymous,
             incoming: false,
