@@ -46,7 +46,8 @@ fn safe_rel(p: &str) -> bool {
 /// Copies the files matching `globs` (relative to `workdir` in the guest) into `artifacts/`
 /// of the cell's folder: every folder and file is made beneath its handle, new, and no link
 /// (a checkout's, or one the VM named) is followed.
-pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], cell: &Dir) -> Result<Vec<Artifact>, CiError> {
+/// A name that holds a secret (`masker` finds one in it) is refused without being shown.
+pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], cell: &Dir, masker: &crate::mask::Masker) -> Result<Vec<Artifact>, CiError> {
     if globs.is_empty() {
         return Ok(Vec::new());
     }
@@ -71,6 +72,9 @@ pub async fn collect(sbx: &Sandbox, workdir: &str, globs: &[String], cell: &Dir)
     let mut paths: Vec<String> = Vec::new();
     for line in text.lines() {
         let p = line.trim_start_matches("./").to_owned();
+        if masker.mask_str(&p) != p {
+            return Err(CiError::Artifacts("an artifact's name holds a secret; no artifact was collected".into()));
+        }
         if !safe_rel(&p) {
             return Err(CiError::Artifacts(format!("the VM named an unsafe artifact path {p:?}")));
         }

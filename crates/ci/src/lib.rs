@@ -47,6 +47,14 @@ pub enum CiError {
     /// The daemon that was asked to run the job failed or answered something unusable.
     #[error("the daemon: {0}")]
     Daemon(String),
+    /// An error whose text held a secret: the text with the secret masked.
+    #[error("{message}")]
+    Masked {
+        /// The masked text, causes included.
+        message: String,
+        /// Whether the original was the caller's error.
+        user_error: bool,
+    },
 }
 
 impl CiError {
@@ -61,8 +69,19 @@ impl CiError {
         match self {
             CiError::Invalid(_) => true,
             CiError::Sandbox(s) => s.is_user_error(),
+            CiError::Masked { user_error, .. } => *user_error,
             _ => false,
         }
+    }
+
+    /// This error, or its text with every secret `masker` knows masked if it held one.
+    pub fn masked(self, masker: &mask::Masker) -> CiError {
+        let text = self.with_causes();
+        let masked = masker.mask_str(&text);
+        if masked == text {
+            return self;
+        }
+        CiError::Masked { message: masked, user_error: self.is_user_error() }
     }
 
     /// The message with its causes, each once.
@@ -98,6 +117,20 @@ pub fn url_host(url: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_pass_the_masker() {
+        let m = mask::Masker::new(&["hunter2-secret-value"]);
+        let e = CiError::Source { what: "cloning".into(), detail: "fatal: auth hunter2-secret-value refused".into() }.masked(&m);
+        assert!(!e.to_string().contains("hunter2") && e.to_string().contains("cloning"), "{e}");
+        assert!(!e.is_user_error());
+        let e = CiError::Invalid("bad ref hunter2-secret-value".into()).masked(&m);
+        assert!(e.is_user_error() && !e.with_causes().contains("hunter2"));
+        let clean = CiError::Invalid("bad ref main".into()).masked(&m);
+        assert!(matches!(clean, CiError::Invalid(_)));
+    }
+
     #[test]
     fn url_hosts() {
         assert_eq!(super::url_host("https://example.com/a/b.git").as_deref(), Some("example.com:443"));

@@ -241,7 +241,15 @@ fn attach_egress(sbx: &Sandbox, egress: &Arc<dyn Egress>) -> tokio::task::JoinHa
 }
 
 /// Runs the job. Errors are kiln's own failures (exit 125); build failures are in the report.
+/// An error's text passes the masker too: a secret in a guest's error message, a path or a
+/// git message never reaches the caller's terminal or the API raw.
 pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Signer, sink: Sink, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Report, CiError> {
+    let secret_values: Vec<&str> = cfg.secrets.iter().map(|(_, v)| v.as_str()).collect();
+    let masker = Masker::new(&secret_values);
+    run_job(home, cfg, egress, sign, sink, progress).await.map_err(|e| e.masked(&masker))
+}
+
+async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Signer, sink: Sink, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Report, CiError> {
     let t0 = Instant::now();
     let started = SystemTime::now();
     cfg.check_limits()?;
@@ -423,7 +431,7 @@ pub async fn run(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
                 Ok(o) => {
                     report.exit_code = o.exit_code();
                     report.timed_out = o.timed_out;
-                    match artifacts::collect(sbx, &workdir, &cfg.artifacts, &dir).await {
+                    match artifacts::collect(sbx, &workdir, &cfg.artifacts, &dir, &masker).await {
                         Ok(a) => report.artifacts = a,
                         Err(e) => report.error = Some(masker.mask_str(&format!("collecting artifacts: {e}"))),
                     }

@@ -89,6 +89,8 @@ impl From<kiln_ci::CiError> for ApiError {
             CiError::Sandbox(s) => s.into(),
             CiError::Io { .. } | CiError::Daemon(_) => ApiError::internal(&e.with_causes()),
             CiError::Invalid(_) | CiError::Source { .. } | CiError::Artifacts(_) => ApiError::bad_request(e.to_string()),
+            CiError::Masked { user_error: true, .. } => ApiError::bad_request(e.to_string()),
+            CiError::Masked { .. } => ApiError::internal(&e.to_string()),
         }
     }
 }
