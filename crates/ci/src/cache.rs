@@ -150,7 +150,7 @@ mod tests {
 
     /// An entry made by hand as `write` makes one: frozen files and their digests.
     fn entry(t: &std::path::Path) -> Entry {
-        let home = Home::at(t, &t.join("run"));
+        let home = Home::at(t, t.join("run"));
         let e = Entry::new(&home, &"k".repeat(64));
         std::fs::create_dir_all(&e.dir).unwrap();
         let mut record = Vec::new();
