@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::addr::canonical;
-use crate::relay::{relay, send_up, Meter};
+use crate::relay::{relay, relay_up_to, send_up, Meter};
 use crate::request::{self, HeadError, Request, Target};
 use crate::{Attempt, Decision, ProxyContext};
 
@@ -94,6 +94,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
             return reply(stream, 400, &format!("kiln egress: bad request: {why}\n")).await;
         }
     };
+    if let (Target::Http { .. }, Err((code, why))) = (&req.target, body_length(&req)) {
+        attempt.reason = Some(format!("refused request framing: {why}"));
+        return reply(stream, code, &format!("kiln egress: {why}\n")).await;
+    }
     attempt.method.clone_from(&req.method);
     attempt.host.clone_from(&req.host);
     attempt.port = req.port;
@@ -146,10 +150,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
             (r, Served::Status(200))
         }
         Target::Http { authority, path } => {
+            // One request, framed by its Content-Length: the body goes up, nothing after it.
+            let body = body_length(&req).expect("checked before connecting");
             let mut out = origin_form_head(&req, authority, path);
-            out.extend_from_slice(&early);
+            let early_body = early.len().min(usize::try_from(body).unwrap_or(usize::MAX));
+            out.extend_from_slice(&early[..early_body]);
+            let left = body - early_body as u64;
             let r = match send_up(&mut upstream, &out, &meter, limits.idle_timeout).await {
-                Ok(()) => relay(&mut *stream, upstream, &meter, limits.idle_timeout).await,
+                Ok(()) => relay_up_to(&mut *stream, upstream, &meter, limits.idle_timeout, Some(left)).await,
                 Err(cut) => Err(cut),
             };
             (r, Served::NoReply)
@@ -227,6 +235,35 @@ async fn connect(addrs: &[IpAddr], port: u16, limit: Duration) -> Result<TcpStre
         Err(last)
     };
     tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| Err(format!("timed out after {} s", limit.as_secs_f64())))
+}
+
+/// The length of a plain HTTP request's body, from its one `Content-Length` (none: no body).
+/// What could frame the body two ways is refused, so the destination and the proxy always
+/// agree where the request ends: `Transfer-Encoding` (411: send a length), several or
+/// malformed lengths, or a `Connection` header naming a framing header (which a proxy would
+/// then drop).
+fn body_length(req: &Request) -> Result<u64, (u16, String)> {
+    let mut length: Option<u64> = None;
+    for (name, value) in &req.headers {
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err((411, "Transfer-Encoding is not relayed for plain http://; send Content-Length (or use https://)".into()));
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(value).to_ascii_lowercase();
+            if v.split(',').map(str::trim).any(|t| matches!(t, "content-length" | "transfer-encoding" | "host")) {
+                return Err((400, "Connection names a header that frames the request".into()));
+            }
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            let n = v.and_then(|v| v.parse::<u64>().ok()).ok_or((400, "invalid Content-Length".to_string()))?;
+            if length.is_some() {
+                return Err((400, "more than one Content-Length".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.unwrap_or(0))
 }
 
 /// The request head to send to the destination: origin form, `Host` from the URL, hop-by-hop

@@ -118,25 +118,44 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_up_to(client, upstream, meter, idle, None).await
+}
+
+/// Like [`relay`], but at most `up_limit` bytes go from the sandbox to the destination (the
+/// rest of a request's body); whatever the sandbox sends after it (a second, smuggled request)
+/// is never forwarded.
+pub(crate) async fn relay_up_to<C, U>(client: C, upstream: U, meter: &Meter<'_>, idle: Duration, up_limit: Option<u64>) -> Result<(), Cut>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     meter.touch();
-    let up = pump(&mut cr, &mut uw, meter, &meter.up, ("sandbox", "destination"));
-    let down = pump(&mut ur, &mut cw, meter, &meter.down, ("destination", "sandbox"));
+    let up = pump(&mut cr, &mut uw, meter, &meter.up, ("sandbox", "destination"), up_limit);
+    let down = pump(&mut ur, &mut cw, meter, &meter.down, ("destination", "sandbox"), None);
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
         cut = meter.idle(idle) => Err(cut),
     }
 }
 
-async fn pump<R, W>(r: &mut R, w: &mut W, meter: &Meter<'_>, count: &AtomicU64, (from, to): (&'static str, &'static str)) -> Result<(), Cut>
+async fn pump<R, W>(r: &mut R, w: &mut W, meter: &Meter<'_>, count: &AtomicU64, (from, to): (&'static str, &'static str), mut limit: Option<u64>) -> Result<(), Cut>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = r.read(&mut buf).await.map_err(|err| Cut::Io { side: from, err })?;
+        if limit == Some(0) {
+            // All that may pass has passed; what the sender has left is not forwarded.
+            return Ok(());
+        }
+        let want = limit.map_or(buf.len(), |l| buf.len().min(l.try_into().unwrap_or(usize::MAX)));
+        let n = r.read(&mut buf[..want]).await.map_err(|err| Cut::Io { side: from, err })?;
+        if let Some(l) = limit.as_mut() {
+            *l -= n as u64;
+        }
         if n == 0 {
             // Pass the half close on; the other direction may still be running.
             let _ = w.shutdown().await;

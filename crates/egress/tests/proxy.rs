@@ -450,3 +450,55 @@ async fn log_serializes_for_the_report() {
     assert_eq!(json["attempts"][0]["allowed"], false);
     assert_eq!(json["attempts"][0]["reason"], "not in the allowlist");
 }
+
+/// A destination that records every byte it receives (until the sender stops for a while)
+/// and then answers once.
+async fn recording_target(got: Arc<Mutex<Vec<u8>>>) -> Target {
+    target(move |mut s| {
+        let got = got.clone();
+        async move {
+            let mut chunk = [0u8; 4096];
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await {
+                if n == 0 {
+                    break;
+                }
+                got.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+            let _ = s.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// Request smuggling through an allowed address: a second request after the first one's
+/// body (with a Host of the guest's choosing), a `Connection` header that would make the proxy
+/// drop `Content-Length`, and a chunked body the proxy cannot frame. The destination sees
+/// exactly one request, with its body, and nothing else.
+#[tokio::test]
+async fn attack_guest_smuggles_a_second_request_through_an_allowed_address() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let t = recording_target(got.clone()).await;
+    let port = t.addr.port();
+    let ctx = ctx(&[format!("127.0.0.1:{port}")], Counting::default(), Limits::default());
+    let p = proxy(ctx.clone()).await;
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: internal.example\r\n\r\n";
+    let req = format!("POST http://127.0.0.1:{port}/up HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 5\r\n\r\nhello{smuggled}");
+    let resp = exchange(p, req.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    let seen = String::from_utf8_lossy(&got.lock().unwrap()).into_owned();
+    assert!(seen.ends_with("\r\n\r\nhello"), "{seen}");
+    assert!(!seen.contains("/admin") && !seen.contains("internal.example"), "smuggled: {seen}");
+
+    for (head, code) in [
+        (format!("POST http://127.0.0.1:{port}/ HTTP/1.1\r\nContent-Length: 5\r\nConnection: Content-Length\r\n\r\nhello{smuggled}"), "400"),
+        (format!("POST http://127.0.0.1:{port}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"), "411"),
+        (format!("POST http://127.0.0.1:{port}/ HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\nhello{smuggled}"), "400"),
+        (format!("POST http://127.0.0.1:{port}/ HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello"), "400"),
+    ] {
+        let before = t.accepted.load(Ordering::SeqCst);
+        let resp = exchange(p, head.as_bytes()).await;
+        assert!(resp.starts_with(&format!("HTTP/1.1 {code} ")), "{head:?}: {resp}");
+        assert_eq!(t.accepted.load(Ordering::SeqCst), before, "{head:?} reached the destination");
+    }
+}
