@@ -211,12 +211,28 @@ async fn killing_the_vmm_mid_exec_fails_the_exec_within_a_second() {
     th.assert_clean();
 }
 
+/// A VM with only a disk, for asking the jail what it would show the VMM.
+fn jail_spec(run: &std::path::Path, disk: std::path::PathBuf, backing: std::path::PathBuf) -> kiln_vmm::driver::VmSpec {
+    kiln_vmm::driver::VmSpec {
+        kernel: "/k".into(),
+        initrd: "/i".into(),
+        cmdline: String::new(),
+        cpus: 1,
+        memory_mib: 64,
+        accel: kiln_vmm::Accel::Tcg,
+        disk: Some(disk),
+        disk_backing: Some(backing),
+        run_dir: run.to_owned(),
+        memory: kiln_vmm::driver::Memory::Anonymous,
+        incoming: false,
+    }
+}
+
 /// A VMM that got out of its guest could rewrite its overlay's header before the overlay is
 /// frozen for a fork, naming any file as its backing file. The clones' jail must not show it.
 #[test]
 #[ignore = "needs QEMU: run `make test`, or `cargo test -- --include-ignored` once `make deps` installed it"]
 fn a_disk_chain_naming_a_non_image_file_is_refused() {
-    use kiln_vmm::driver::{Memory, VmSpec};
     let d = tempfile::tempdir().unwrap();
     let secret = d.path().join("signing.key");
     std::fs::write(&secret, vec![7u8; 4096]).unwrap();
@@ -224,19 +240,7 @@ fn a_disk_chain_naming_a_non_image_file_is_refused() {
     let run = d.path().join("run");
     std::fs::create_dir(&run).unwrap();
     let backing = kiln_core::snapshot::create_overlay(&secret, "raw", &run.join("overlay.qcow2")).unwrap();
-    let spec = VmSpec {
-        kernel: "/k".into(),
-        initrd: "/i".into(),
-        cmdline: String::new(),
-        cpus: 1,
-        memory_mib: 64,
-        accel: kiln_vmm::Accel::Tcg,
-        disk: Some(run.join("overlay.qcow2")),
-        disk_backing: Some(backing),
-        run_dir: run.clone(),
-        memory: Memory::Anonymous,
-        incoming: false,
-    };
+    let spec = jail_spec(&run, run.join("overlay.qcow2"), backing);
     let e = kiln_vmm::confine::host().expect("confinement").jail(&spec).unwrap_err().to_string();
     assert!(e.contains("signing.key") && e.contains("not a frozen image") && e.contains("refusing"), "{e}");
 }
@@ -248,7 +252,6 @@ fn a_disk_chain_naming_a_non_image_file_is_refused() {
 #[test]
 #[ignore = "needs QEMU: run `make test`, or `cargo test -- --include-ignored` once `make deps` installed it"]
 fn a_rewritten_disk_header_naming_another_frozen_file_is_refused() {
-    use kiln_vmm::driver::{Memory, VmSpec};
     let d = tempfile::tempdir().unwrap();
     let frozen = |name: &str| {
         let p = d.path().join(name);
@@ -264,19 +267,7 @@ fn a_rewritten_disk_header_naming_another_frozen_file_is_refused() {
     // The VMM's rewrite: the same overlay, now over the other file.
     std::fs::remove_file(&overlay).unwrap();
     kiln_core::snapshot::create_overlay(&theirs, "raw", &overlay).unwrap();
-    let spec = VmSpec {
-        kernel: "/k".into(),
-        initrd: "/i".into(),
-        cmdline: String::new(),
-        cpus: 1,
-        memory_mib: 64,
-        accel: kiln_vmm::Accel::Tcg,
-        disk: Some(overlay),
-        disk_backing: Some(backing),
-        run_dir: run.clone(),
-        memory: Memory::Anonymous,
-        incoming: false,
-    };
+    let spec = jail_spec(&run, overlay, backing);
     let e = kiln_vmm::confine::host().expect("confinement").jail(&spec).unwrap_err().to_string();
     assert!(e.contains("other-tenant-disk.img") && e.contains("rewritten") && e.contains("refusing"), "{e}");
 }
