@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_core::tunnel::{serve_stream, Handler, SESSION_MARKER};
+use kiln_core::tunnel::{serve_stream_with_stats, Handler, Stats, SESSION_MARKER, TASKS_PER_CONN};
 use kiln_proto::encode;
 use kiln_proto::tunnel::{NetMsg, MAX_CONNS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -84,12 +84,34 @@ fn rss(status: &std::fs::File) -> u64 {
     kb.parse::<u64>().unwrap() * 1024
 }
 
-/// Reads and drops whatever the host sends, so its writer never blocks on us.
-fn drain(mut r: tokio::net::unix::OwnedReadHalf) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// What the host sent the guest: how many `Reset`s, and the frames of one connection.
+struct Heard {
+    resets: Arc<AtomicUsize>,
+    of_probe: tokio::sync::mpsc::UnboundedReceiver<NetMsg>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Reads everything the host sends, so its writer never blocks on us; frames of `probe` are
+/// passed on.
+fn listen(mut r: tokio::net::unix::OwnedReadHalf, probe: u32) -> Heard {
+    let resets = Arc::new(AtomicUsize::new(0));
+    let (tx, of_probe) = tokio::sync::mpsc::unbounded_channel();
+    let counted = resets.clone();
+    let done = tokio::spawn(async move {
+        let mut dec = kiln_proto::FrameDecoder::new();
         let mut buf = vec![0u8; 64 * 1024];
-        while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
-    })
+        while let Ok(n @ 1..) = r.read(&mut buf).await {
+            dec.push(&buf[..n]);
+            while let Some(m) = dec.next::<NetMsg>().unwrap() {
+                match m {
+                    _ if m.conn() == probe => drop(tx.send(m)),
+                    NetMsg::Reset { .. } => drop(counted.fetch_add(1, Ordering::SeqCst)),
+                    _ => {}
+                }
+            }
+        }
+    });
+    Heard { resets, of_probe, done }
 }
 
 /// Waits up to `limit` for `f` to hold.
@@ -110,11 +132,15 @@ const PAIRS: u32 = 100_000;
 async fn attack_guest_open_reset_flood_leaves_no_tasks() {
     let addr = echo_listener().await;
     let live = Live::default();
+    let stats = Stats::default();
     let (host, guest) = UnixStream::pair().unwrap();
-    let tunnel = tokio::spawn(serve_stream(host, relay(addr, live.clone())));
+    let tunnel = tokio::spawn(serve_stream_with_stats(host, relay(addr, live.clone()), stats.clone()));
     let (r, mut w) = guest.into_split();
-    let drained = drain(r);
+    let probe = PAIRS + 1;
+    let mut heard = listen(r, probe);
     w.write_all(&encode(&SESSION_MARKER)).await.unwrap();
+    // The frame writer, and nothing else yet.
+    assert!(eventually(Duration::from_secs(5), || stats.live_tasks() == 1).await);
     let status = std::fs::File::open("/proc/self/status").unwrap();
     let rss0 = rss(&status);
     let t0 = Instant::now();
@@ -140,24 +166,46 @@ async fn attack_guest_open_reset_flood_leaves_no_tasks() {
         worst = worst.max(live.now());
     }
     let flood = t0.elapsed();
-    let emptied = eventually(Duration::from_secs(20), || live.now() == 0).await;
+    // The guest stops: every connection it opened, it reset.
+    let emptied = eventually(Duration::from_secs(20), || live.now() == 0 && stats.live_tasks() == 1).await;
     let rss1 = rss(&status);
     let growth = rss1.saturating_sub(rss0);
     eprintln!(
-        "flood of {PAIRS} Open/Reset pairs in {flood:?}: live handlers seen {worst}, peak {}, left after 20 s {}, RSS {} -> {} MiB (+{} KiB)",
+        "flood of {PAIRS} Open/Reset pairs in {flood:?}: live handlers seen {worst}, peak {}; peak tunnel tasks {}; {} Resets from the host; left after the guest stopped: {} handlers, {} tasks; RSS {} -> {} MiB (+{} KiB)",
         live.peak(),
+        stats.peak_tasks(),
+        heard.resets.load(Ordering::SeqCst),
         live.now(),
+        stats.live_tasks(),
         rss0 >> 20,
         rss1 >> 20,
         growth >> 10
     );
-    assert!(emptied, "{} handler tasks outlived their connections", live.now());
+    assert!(emptied, "{} handlers and {} tasks outlived their connections", live.now(), stats.live_tasks());
     assert!(live.peak() <= MAX_CONNS, "{} handlers alive at once, over MAX_CONNS = {MAX_CONNS}", live.peak());
+    let bound = MAX_CONNS * TASKS_PER_CONN + 1;
+    assert!(stats.peak_tasks() <= bound, "{} tasks alive at once, over {bound}", stats.peak_tasks());
     assert!(growth < 64 << 20, "RSS grew by {} MiB", growth >> 20);
+
+    // The tunnel still serves a well-behaved connection.
+    w.write_all(&[encode(&NetMsg::Open { conn: probe }), encode(&NetMsg::Data { conn: probe, data: b"ping".to_vec() })].concat()).await.unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(10), heard.of_probe.recv()).await.expect("echo").unwrap() {
+            NetMsg::Data { data, .. } => echoed.extend(data),
+            NetMsg::Credit { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"ping");
+    assert_eq!(stats.live_conns(), 1);
+
+    // The guest goes away with that connection open: it ends with the tunnel.
     drop(w);
     let why = tokio::time::timeout(Duration::from_secs(10), tunnel).await.expect("serve ends with the guest").unwrap();
     assert_eq!(why, "the guest side closed");
-    drained.await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || stats.live_tasks() == 0 && live.now() == 0).await, "{} tasks outlived the tunnel", stats.live_tasks());
+    heard.done.await.unwrap();
 }
 
 /// A handler that writes to the guest without end, counted in `live`.
@@ -174,9 +222,9 @@ fn firehose(live: Live) -> Handler {
 
 /// Opens `conns` connections to a firehose handler and never gives credit back, so each
 /// connection's down task ends up waiting for credit; returns once they all do.
-async fn starved_tunnel(conns: u32, live: &Live) -> (tokio::task::JoinHandle<String>, UnixStream) {
+async fn starved_tunnel(conns: u32, live: &Live, stats: &Stats) -> (tokio::task::JoinHandle<String>, UnixStream) {
     let (host, mut guest) = UnixStream::pair().unwrap();
-    let tunnel = tokio::spawn(serve_stream(host, firehose(live.clone())));
+    let tunnel = tokio::spawn(serve_stream_with_stats(host, firehose(live.clone()), stats.clone()));
     guest.write_all(&encode(&SESSION_MARKER)).await.unwrap();
     for conn in 0..conns {
         guest.write_all(&encode(&NetMsg::Open { conn })).await.unwrap();
@@ -196,23 +244,24 @@ async fn starved_tunnel(conns: u32, live: &Live) -> (tokio::task::JoinHandle<Str
         }
     }
     assert_eq!(live.now(), conns as usize);
+    assert_eq!(stats.live_tasks(), 1 + conns as usize * TASKS_PER_CONN);
     (tunnel, guest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_task_waiting_for_credit_ends_with_its_tunnel() {
     // The guest goes away: serve returns.
-    let live = Live::default();
-    let (tunnel, guest) = starved_tunnel(8, &live).await;
+    let (live, stats) = (Live::default(), Stats::default());
+    let (tunnel, guest) = starved_tunnel(8, &live, &stats).await;
     drop(guest);
     let why = tokio::time::timeout(Duration::from_secs(10), tunnel).await.expect("serve ends").unwrap();
     assert_eq!(why, "the guest side closed");
-    assert!(eventually(Duration::from_secs(10), || live.now() == 0).await, "{} handlers outlived the tunnel", live.now());
+    assert!(eventually(Duration::from_secs(10), || live.now() == 0 && stats.live_tasks() == 0).await, "{} tasks outlived the tunnel", stats.live_tasks());
 
     // The sandbox is destroyed: its tunnel's task is aborted, the guest still connected.
-    let live = Live::default();
-    let (tunnel, _guest) = starved_tunnel(8, &live).await;
+    let (live, stats) = (Live::default(), Stats::default());
+    let (tunnel, _guest) = starved_tunnel(8, &live, &stats).await;
     tunnel.abort();
     assert!(tunnel.await.unwrap_err().is_cancelled());
-    assert!(eventually(Duration::from_secs(10), || live.now() == 0).await, "{} handlers outlived the aborted tunnel", live.now());
+    assert!(eventually(Duration::from_secs(10), || live.now() == 0 && stats.live_tasks() == 0).await, "{} tasks outlived the aborted tunnel", stats.live_tasks());
 }
