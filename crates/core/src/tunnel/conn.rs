@@ -5,7 +5,9 @@
 //! tunnel's. A `Reset` either way, the guest overrunning its credit, a broken pipe or channel,
 //! the handler done and its bytes delivered, or the end of the tunnel cancels it; a token
 //! remembers being cancelled, so a task that had not even started yet ends as soon as it runs
-//! (no wake-up can be lost). Each task holds its connection's [`Slot`] until its future is
+//! (no wake-up can be lost). The up and down tasks end at once, which closes the handler's
+//! stream; the handler, if it had started, gets [`HANDLER_GRACE`] to finish by itself (the
+//! egress proxy logs the attempt as it ends). Each task holds its connection's [`Slot`] until its future is
 //! dropped, and the tunnel refuses an `Open` while [`MAX_CONNS`] slots are held: at most
 //! `MAX_CONNS * TASKS_PER_CONN` connection tasks are ever alive, whatever the guest sends.
 
@@ -13,6 +15,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use kiln_proto::tunnel::{NetMsg, MAX_CONNS, WINDOW};
 use kiln_proto::MAX_CHUNK;
@@ -24,6 +27,12 @@ use super::Handler;
 
 /// Tasks each connection runs: guest → handler, handler → guest, and the handler.
 pub const TASKS_PER_CONN: usize = 3;
+
+/// How long a handler whose connection is over (its stream closed: `Reset`, or the tunnel
+/// ended) may run on to finish by itself, still counted. kiln's egress proxy notices a closed
+/// stream within its idle timeout (60 s) and logs the attempt; a handler still running after
+/// this is dropped.
+pub const HANDLER_GRACE: Duration = Duration::from_secs(60);
 
 /// Host-side buffering per connection: this pipe to the handler plus at most `WINDOW` in flight.
 const PIPE: usize = 64 * 1024;
@@ -73,6 +82,14 @@ struct TaskGuard {
     _slot: Option<Arc<Slot>>,
 }
 
+impl TaskGuard {
+    fn new(stats: &Stats, slot: Option<&Arc<Slot>>) -> TaskGuard {
+        let n = stats.0.tasks.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.0.peak.fetch_max(n, Ordering::SeqCst);
+        TaskGuard { stats: stats.clone(), _slot: slot.cloned() }
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.stats.0.tasks.fetch_sub(1, Ordering::SeqCst);
@@ -82,9 +99,7 @@ impl Drop for TaskGuard {
 /// Spawns `fut` as a counted task of the tunnel that ends when `cancel` is cancelled; checked
 /// first, so a task cancelled before it ever ran drops `fut` unpolled.
 pub(super) fn spawn_task(stats: &Stats, slot: Option<&Arc<Slot>>, cancel: &CancellationToken, fut: impl Future<Output = ()> + Send + 'static) {
-    let n = stats.0.tasks.fetch_add(1, Ordering::SeqCst) + 1;
-    stats.0.peak.fetch_max(n, Ordering::SeqCst);
-    let guard = TaskGuard { stats: stats.clone(), _slot: slot.cloned() };
+    let guard = TaskGuard::new(stats, slot);
     let cancel = cancel.clone();
     tokio::spawn(async move {
         let _guard = guard;
@@ -107,6 +122,8 @@ pub(super) struct Shared {
     /// The tunnel's token: cancelled when it ends, and with it every connection's.
     root: CancellationToken,
     handler: Handler,
+    /// How long a handler may run on once its connection is over.
+    grace: Duration,
 }
 
 /// A connection's entry, while the guest may still talk to it.
@@ -150,8 +167,8 @@ impl Credit {
 }
 
 impl Shared {
-    pub(super) fn new(stats: Stats, tx: mpsc::Sender<NetMsg>, root: CancellationToken, handler: Handler) -> Shared {
-        Shared { conns: Mutex::new(HashMap::new()), opened: AtomicU64::new(0), stats, tx, root, handler }
+    pub(super) fn new(stats: Stats, tx: mpsc::Sender<NetMsg>, root: CancellationToken, handler: Handler, grace: Duration) -> Shared {
+        Shared { conns: Mutex::new(HashMap::new()), opened: AtomicU64::new(0), stats, tx, root, handler, grace }
     }
 
     /// The connection table.
@@ -210,9 +227,31 @@ pub(super) fn open(shared: &Arc<Shared>, id: u32) {
     spawn_task(stats, Some(&slot), &cancel, up(wr, up_rx, inflight, link.clone(), entry.clone()));
     spawn_task(stats, Some(&slot), &cancel, down(rd, credit, handler_done.clone(), link, entry));
     let serving = (shared.handler)(theirs);
-    spawn_task(stats, Some(&slot), &cancel, async move {
+    spawn_handler(stats, &slot, &cancel, shared.grace, async move {
         serving.await;
         handler_done.cancel();
+    });
+}
+
+/// Spawns a connection's handler as a counted task. Cancelled before it ever ran, it is dropped
+/// unpolled (it saw nothing); cancelled later, its stream is closed (the up and down tasks have
+/// ended) and it gets `grace` to finish by itself (kiln's egress proxy logs the attempt then),
+/// keeping the connection's slot, and is dropped if it has not.
+fn spawn_handler(stats: &Stats, slot: &Arc<Slot>, cancel: &CancellationToken, grace: Duration, fut: impl Future<Output = ()> + Send + 'static) {
+    let guard = TaskGuard::new(stats, Some(slot));
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        // Moved in first so that it is dropped before the guard, whichever way this ends.
+        let mut fut = std::pin::pin!(fut);
+        if cancel.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = &mut fut => return,
+            () = cancel.cancelled() => {}
+        }
+        let _ = tokio::time::timeout(grace, fut).await;
     });
 }
 

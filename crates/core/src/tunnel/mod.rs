@@ -5,8 +5,10 @@
 //!
 //! The guest is hostile: every task the tunnel spawns is counted ([`Stats`]) and ends with its
 //! connection and, at the latest, with the tunnel, whether [`serve`] returns or the task running
-//! it is aborted (a sandbox destroyed); a guest cannot have more than `MAX_CONNS` connections'
-//! tasks alive however fast it opens and resets them (how: `tunnel/conn.rs`).
+//! it is aborted (a sandbox destroyed); only a handler that had started may run on, its stream
+//! closed, for [`HANDLER_GRACE`] to finish (and log) by itself. A guest cannot have more than
+//! `MAX_CONNS` connections' tasks alive however fast it opens and resets them (how:
+//! `tunnel/conn.rs`).
 
 mod conn;
 #[cfg(test)]
@@ -27,7 +29,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{Stats, TASKS_PER_CONN};
+pub use conn::{Stats, HANDLER_GRACE, TASKS_PER_CONN};
 use conn::{spawn_task, Shared};
 
 /// What serves one tunnelled connection (kiln's egress proxy).
@@ -53,9 +55,15 @@ pub async fn serve_stream(stream: UnixStream, handler: Handler) -> String {
     serve_stream_with_stats(stream, handler, Stats::default()).await
 }
 
-/// [`serve_stream`], counting the tunnel's tasks in `stats`. Every task has ended, or been
-/// cancelled and ends as soon as it runs, once this returns or its future is dropped.
+/// [`serve_stream`], counting the tunnel's tasks in `stats`. Once this returns or its future is
+/// dropped, every task of the tunnel is cancelled: it ends as soon as it runs, but for a handler
+/// that had started, which gets [`HANDLER_GRACE`] to finish with its stream closed.
 pub async fn serve_stream_with_stats(stream: UnixStream, handler: Handler, stats: Stats) -> String {
+    serve_with(stream, handler, stats, HANDLER_GRACE).await
+}
+
+/// [`serve_stream_with_stats`] with `grace` for [`HANDLER_GRACE`].
+async fn serve_with(stream: UnixStream, handler: Handler, stats: Stats, grace: Duration) -> String {
     let root = CancellationToken::new();
     // However this future ends (returning, or dropped by an abort), every task of the tunnel is
     // cancelled with it.
@@ -67,7 +75,7 @@ pub async fn serve_stream_with_stats(stream: UnixStream, handler: Handler, stats
     let _ = tx.try_send(SESSION_MARKER);
     let mut synced = false;
     spawn_task(&stats, None, &root, write_frames(w, rx));
-    let shared = Arc::new(Shared::new(stats, tx, root.clone(), handler));
+    let shared = Arc::new(Shared::new(stats, tx, root.clone(), handler, grace));
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -163,11 +163,11 @@ async fn a_connection_ends_when_its_handler_is_done() {
 async fn an_open_over_max_conns_is_refused_without_a_task() {
     let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let m = made.clone();
-    let idle: Handler = Arc::new(move |s: DuplexStream| {
+    // Handlers that wait for the guest to finish.
+    let idle: Handler = Arc::new(move |mut s: DuplexStream| {
         m.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
-            std::future::pending::<()>().await;
-            drop(s);
+            let _ = s.read_to_end(&mut Vec::new()).await;
         })
     });
     let (stats, mut guest) = counted(idle).await;
@@ -185,4 +185,57 @@ async fn an_open_over_max_conns_is_refused_without_a_task() {
     guest.write_all(&encode(&NetMsg::Open { conn: MAX_CONNS as u32 })).await.unwrap();
     assert!(eventually(|| made.load(Ordering::SeqCst) == MAX_CONNS + 1).await);
     assert_eq!(stats.peak_tasks(), 1 + MAX_CONNS * TASKS_PER_CONN);
+}
+
+/// A handler that, like the egress proxy, notes how its connection went once its stream ends,
+/// then takes `linger` to return; `noted` counts the notes.
+fn noting(noted: Arc<std::sync::atomic::AtomicUsize>, linger: Duration) -> Handler {
+    Arc::new(move |mut s: DuplexStream| {
+        let noted = noted.clone();
+        Box::pin(async move {
+            let _ = s.read_to_end(&mut Vec::new()).await;
+            noted.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(linger).await;
+        })
+    })
+}
+
+/// Opens connection 1 on a tunnel served with `grace`, waits until its handler runs, then
+/// resets it (or, with `abort`, aborts the tunnel's task).
+async fn reset_one(handler: Handler, grace: Duration, abort: bool) -> (Stats, UnixStream) {
+    let (host, mut guest) = UnixStream::pair().unwrap();
+    let stats = Stats::default();
+    let tunnel = tokio::spawn(serve_with(host, handler, stats.clone(), grace));
+    guest.write_all(&[encode(&SESSION_MARKER), encode(&NetMsg::Open { conn: 1 })].concat()).await.unwrap();
+    assert!(eventually(|| stats.live_tasks() == 1 + TASKS_PER_CONN).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if abort {
+        tunnel.abort();
+    } else {
+        guest.write_all(&encode(&NetMsg::Reset { conn: 1 })).await.unwrap();
+    }
+    (stats, guest)
+}
+
+#[tokio::test]
+async fn a_reset_handler_finishes_by_itself_within_its_grace() {
+    for abort in [false, true] {
+        let noted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stats, _guest) = reset_one(noting(noted.clone(), Duration::from_millis(500)), Duration::from_secs(10), abort).await;
+        // Its stream closed at once: it saw the end and noted it; it keeps its slot meanwhile.
+        assert!(eventually(|| noted.load(Ordering::SeqCst) == 1).await, "abort: {abort}");
+        assert_eq!(stats.live_conns(), 1);
+        assert!(eventually(|| stats.live_conns() == 0).await);
+    }
+}
+
+#[tokio::test]
+async fn a_handler_past_its_grace_is_dropped() {
+    for abort in [false, true] {
+        let noted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stats, _guest) = reset_one(noting(noted.clone(), Duration::from_secs(3600)), Duration::from_millis(200), abort).await;
+        assert!(eventually(|| noted.load(Ordering::SeqCst) == 1).await);
+        assert!(eventually(|| stats.live_conns() == 0).await, "abort: {abort}");
+        assert_eq!(stats.live_tasks(), usize::from(!abort), "only the writer, while the tunnel runs");
+    }
 }
