@@ -13,9 +13,10 @@ use kiln_proto::tunnel::{NetMsg, MAX_CONNS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
-/// Handler futures alive (made but not yet dropped), and the most ever alive at once.
+/// Handler futures alive (made but not yet dropped), the most ever alive at once, and how many
+/// were made.
 #[derive(Clone, Default)]
-struct Live(Arc<(AtomicUsize, AtomicUsize)>);
+struct Live(Arc<(AtomicUsize, AtomicUsize, AtomicUsize)>);
 
 struct LiveGuard(Live);
 
@@ -23,6 +24,7 @@ impl Live {
     fn enter(&self) -> LiveGuard {
         let n = (self.0).0.fetch_add(1, Ordering::SeqCst) + 1;
         (self.0).1.fetch_max(n, Ordering::SeqCst);
+        (self.0).2.fetch_add(1, Ordering::SeqCst);
         LiveGuard(self.clone())
     }
     fn now(&self) -> usize {
@@ -30,6 +32,9 @@ impl Live {
     }
     fn peak(&self) -> usize {
         (self.0).1.load(Ordering::SeqCst)
+    }
+    fn made(&self) -> usize {
+        (self.0).2.load(Ordering::SeqCst)
     }
 }
 
@@ -171,7 +176,8 @@ async fn attack_guest_open_reset_flood_leaves_no_tasks() {
     let rss1 = rss(&status);
     let growth = rss1.saturating_sub(rss0);
     eprintln!(
-        "flood of {PAIRS} Open/Reset pairs in {flood:?}: live handlers seen {worst}, peak {}; peak tunnel tasks {}; {} Resets from the host; left after the guest stopped: {} handlers, {} tasks; RSS {} -> {} MiB (+{} KiB)",
+        "flood of {PAIRS} Open/Reset pairs in {flood:?}: {} handlers made, live seen {worst}, peak {}; peak tunnel tasks {}; {} Resets from the host; left after the guest stopped: {} handlers, {} tasks; RSS {} -> {} MiB (+{} KiB)",
+        live.made(),
         live.peak(),
         stats.peak_tasks(),
         heard.resets.load(Ordering::SeqCst),
