@@ -124,7 +124,16 @@ pub(super) struct Shared {
     handler: Handler,
     /// How long a handler may run on once its connection is over.
     grace: Duration,
+    /// Resets of refused connections that did not fit in `tx` (the writer sends them next),
+    /// at most [`MAX_PENDING_RESETS`].
+    resets: Mutex<std::collections::VecDeque<u32>>,
+    /// Wakes the writer for `resets` (a permit is kept: no wake-up is lost).
+    pub(super) resets_ready: Notify,
 }
+
+/// Refusals kept for the writer when its channel is full. A guest that opens connections
+/// faster than it reads the answers loses the ones over this: it is flooding.
+const MAX_PENDING_RESETS: usize = 4 * MAX_CONNS;
 
 /// A connection's entry, while the guest may still talk to it.
 pub(super) struct Conn {
@@ -168,7 +177,17 @@ impl Credit {
 
 impl Shared {
     pub(super) fn new(stats: Stats, tx: mpsc::Sender<NetMsg>, root: CancellationToken, handler: Handler, grace: Duration) -> Shared {
-        Shared { conns: Mutex::new(HashMap::new()), opened: AtomicU64::new(0), stats, tx, root, handler, grace }
+        Shared {
+            conns: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+            stats,
+            tx,
+            root,
+            handler,
+            grace,
+            resets: Mutex::new(std::collections::VecDeque::new()),
+            resets_ready: Notify::new(),
+        }
     }
 
     /// The connection table.
@@ -176,10 +195,25 @@ impl Shared {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells the guest its connection `conn` is gone (dropped if the channel is full: the
-    /// host never buffers for a guest that does not read).
+    /// Tells the guest its connection `conn` is gone. When the writer's channel is full the
+    /// reset waits in a bounded queue of its own (a guest whose `Open` was refused must hear
+    /// so, or its connection hangs); past that bound it is dropped: the host never buffers
+    /// without bound for a guest that does not read.
     pub(super) fn refuse(&self, conn: u32) {
-        let _ = self.tx.try_send(NetMsg::Reset { conn });
+        if self.tx.try_send(NetMsg::Reset { conn }).is_ok() {
+            return;
+        }
+        let mut q = self.resets.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() < MAX_PENDING_RESETS && !q.contains(&conn) {
+            q.push_back(conn);
+        }
+        drop(q);
+        self.resets_ready.notify_one();
+    }
+
+    /// The refusals waiting for the writer.
+    pub(super) fn take_resets(&self) -> Vec<u32> {
+        self.resets.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
     }
 }
 

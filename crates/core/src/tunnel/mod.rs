@@ -74,8 +74,8 @@ async fn serve_with(stream: UnixStream, handler: Handler, stats: Stats, grace: D
     // of frames it wrote to a previous host (after a restore or reconnect) and are skipped.
     let _ = tx.try_send(SESSION_MARKER);
     let mut synced = false;
-    spawn_task(&stats, None, &root, write_frames(w, rx));
-    let shared = Arc::new(Shared::new(stats, tx, root.clone(), handler, grace));
+    let shared = Arc::new(Shared::new(stats.clone(), tx, root.clone(), handler, grace));
+    spawn_task(&stats, None, &root, write_frames(w, rx, shared.clone()));
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -105,11 +105,22 @@ async fn serve_with(stream: UnixStream, handler: Handler, stats: Stats, grace: D
     }
 }
 
-/// Writes the frames of `rx` to the guest until either ends.
-async fn write_frames(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<NetMsg>) {
-    while let Some(m) = rx.recv().await {
-        if w.write_all(&encode(&m)).await.is_err() {
-            break;
+/// Writes the frames of `rx`, and the refusals queued beside it, to the guest until the guest
+/// stops reading or the tunnel ends (which cancels this task).
+async fn write_frames(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<NetMsg>, shared: Arc<Shared>) {
+    loop {
+        let mut out = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => encode(&m),
+                None => return,
+            },
+            () = shared.resets_ready.notified() => Vec::new(),
+        };
+        for conn in shared.take_resets() {
+            out.extend(encode(&NetMsg::Reset { conn }));
+        }
+        if !out.is_empty() && w.write_all(&out).await.is_err() {
+            return;
         }
     }
 }
