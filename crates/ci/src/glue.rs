@@ -119,6 +119,7 @@ pub fn into_config(req: CiRunRequest) -> Result<CiConfig, String> {
         setup_secrets: req.setup_secrets,
         allow: req.allow,
         cache_keys: req.cache_keys.into_iter().map(Into::into).collect(),
+        cache_key_digests: Vec::new(),
         trusted: req.trusted,
         matrix: req.matrix.into_iter().collect(),
         artifacts: req.artifacts,

@@ -136,6 +136,7 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         setup_secrets: a.setup_secrets,
         allow: a.allow.clone(),
         cache_keys: a.cache_keys.clone(),
+        cache_key_digests: Vec::new(),
         trusted: a.trusted,
         matrix,
         artifacts: a.artifacts.clone(),
