@@ -28,6 +28,10 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
     }
+    /// 403: the caller's token lacks the scope (the message names the one needed).
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
+    }
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: message.into() }
