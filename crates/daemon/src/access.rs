@@ -94,6 +94,31 @@ pub fn template_name(requested: &str) -> Result<&str, String> {
     ))
 }
 
+/// Checks that a caller without the admin scope reaches only the public internet: no `allow`
+/// entry naming a non-public address (loopback, private, link-local, ...; such an entry is the
+/// only way past the egress proxy's public-only rule, into the host's own services or its
+/// networks), and no repository URL whose host is one (`clone_host`, the `host:port` kiln
+/// allows while the VM clones it). Entries that do not parse are left to the policy's parser.
+pub fn egress_reach(who: &Principal, allow: &[String], clone_host: Option<String>) -> Result<(), String> {
+    if who.may(Scope::Admin) {
+        return Ok(());
+    }
+    let entries: Vec<String> = allow.iter().cloned().chain(clone_host).collect();
+    let mut inside = Vec::new();
+    for e in &entries {
+        if let Ok(p) = kiln_egress::Policy::parse(std::slice::from_ref(e)) {
+            inside.extend(p.non_public_addresses().into_iter().map(|(ip, why)| format!("{e} ({why} {ip})")));
+        }
+    }
+    if inside.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "reaching a non-public address needs a token with the admin scope: {}; allow public hosts by name instead,          or ask the daemon's owner (`kiln token create NAME --scope admin`)",
+        inside.join(", ")
+    ))
+}
+
 /// Checks a token name: 1-64 letters, digits, `-`, `_` or `.`, and none of [`RESERVED_NAMES`].
 pub fn token_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
@@ -135,6 +160,19 @@ mod tests {
         }
         assert!(template_name("Tiny").unwrap_err().contains("not a template name"));
         assert!(template_name("").is_err());
+    }
+
+    #[test]
+    fn only_admins_reach_non_public_addresses() {
+        let pr = Principal::token("pr", Scope::Trusted);
+        let allow = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(egress_reach(&pr, &allow(&["pypi.org:443", "*.example.com", "93.184.216.34"]), Some("example.com:443".into())).is_ok());
+        for (entries, clone) in [(vec!["127.0.0.1:7777"], None), (vec!["[::1]"], None), (vec!["10.0.0.5:22"], None), (vec![], Some("192.168.1.2:80"))] {
+            let e = egress_reach(&pr, &allow(&entries), clone.map(str::to_owned)).unwrap_err();
+            assert!(e.contains("admin scope") && e.contains("non-public"), "{entries:?}: {e}");
+        }
+        assert!(egress_reach(&Principal::token("ops", Scope::Admin), &allow(&["127.0.0.1:7777"]), None).is_ok());
+        assert!(egress_reach(&Principal::local(), &allow(&["10.0.0.5"]), None).is_ok());
     }
 
     #[test]

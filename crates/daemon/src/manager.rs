@@ -50,6 +50,9 @@ pub enum ManagerError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    /// The caller's scope does not allow it (the message names the scope needed).
+    #[error("{0}")]
+    Forbidden(String),
     /// The sandbox is in the wrong state.
     #[error("{0}")]
     Conflict(String),
@@ -296,6 +299,10 @@ impl Manager {
     /// Creates a sandbox (restored from its template's snapshot), owned by `who`.
     pub async fn create(&self, req: CreateRequest, who: &Principal) -> Result<SandboxInfo, ManagerError> {
         let actor = who.name.as_str();
+        if let Err(m) = crate::access::egress_reach(who, &req.allow, None) {
+            let _ = self.store.event(None, "denied", &format!("create: {m}"), actor);
+            return Err(ManagerError::Forbidden(m));
+        }
         let def = self.template(&req.template, who)?;
         let ttl = self.check_ttl(req.ttl)?;
         let egress = egress_context(&req.allow)?;

@@ -4,7 +4,9 @@
 //! owner (on its unix socket) may name host paths freely. A token may name a local repository
 //! beneath one of the daemon's `--repo-root` folders (after resolving links), no out folder
 //! (the daemon keeps the outputs) and no cache-key files (it sends their digests). A trusted
-//! run writes the setup cache that later runs start from: it needs the trusted scope.
+//! run writes the setup cache that later runs start from: it needs the trusted scope. Egress
+//! to a non-public address (an `allow` entry, or the repository URL's host, which kiln allows
+//! while the VM clones) needs the admin scope.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,11 @@ pub fn check(st: &AppState, actor: &Actor, req: &mut CiRunRequest) -> ApiResult<
         ));
     }
     req.repo = repository(actor, &st.repo_roots, &req.repo)?;
+    let clone_host = kiln_ci::source::is_url(&req.repo).then(|| kiln_ci::url_host(&req.repo)).flatten();
+    if let Err(m) = kiln_daemon::access::egress_reach(actor, &req.allow, clone_host) {
+        let _ = st.manager.store().event(None, "denied", &format!("CI run: {m}"), &actor.name);
+        return Err(ApiError::forbidden(m));
+    }
     Ok(out)
 }
 

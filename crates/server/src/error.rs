@@ -79,6 +79,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotFound(_) => ApiError::not_found(e.to_string()),
             ManagerError::Limit(m) => ApiError { status: StatusCode::TOO_MANY_REQUESTS, code: "limit", message: m },
             ManagerError::Invalid(m) => ApiError::bad_request(m),
+            ManagerError::Forbidden(m) => ApiError::forbidden(m),
             ManagerError::Conflict(m) => ApiError { status: StatusCode::CONFLICT, code: "conflict", message: m },
             ManagerError::Sandbox(s) => s.into(),
             ManagerError::Store(s) => ApiError::internal(&s),

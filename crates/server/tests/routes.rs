@@ -177,11 +177,24 @@ async fn scopes_gate_templates_and_trusted_runs() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert!(message(&v).contains("out names a folder"), "{v}");
 
+    // Egress past the public internet (the host's loopback, its networks) is an admin's.
+    for (method, uri, body) in [
+        ("POST", "/v1/sandboxes", r#"{"template": "tiny", "allow": ["pypi.org:443", "127.0.0.1:7777"]}"#),
+        ("POST", "/v1/ci/runs", r#"{"repo": "https://example.com/r.git", "build": "true", "allow": ["[::1]:22"]}"#),
+        ("POST", "/v1/ci/runs", r#"{"repo": "http://10.0.0.5:8080/internal.git", "build": "true"}"#),
+    ] {
+        for token in [&untrusted, &trusted] {
+            let (status, v) = call_as(&st, Some(token), method, uri, body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{uri} {body}: {v}");
+            assert!(message(&v).contains("non-public address") && message(&v).contains("admin scope"), "{v}");
+        }
+    }
+
     // Every refusal is in the audit log under the token's name.
     let denied: Vec<(String, String)> =
         store.events(None, 100).unwrap().into_iter().filter(|e| e.kind == "denied").map(|e| (e.actor, e.detail)).collect();
-    assert_eq!(denied.iter().filter(|(a, _)| a == "pr-bot").count(), 3, "{denied:?}");
-    assert_eq!(denied.iter().filter(|(a, _)| a == "main-ci").count(), 2, "{denied:?}");
+    assert_eq!(denied.iter().filter(|(a, _)| a == "pr-bot").count(), 6, "{denied:?}");
+    assert_eq!(denied.iter().filter(|(a, _)| a == "main-ci").count(), 5, "{denied:?}");
     assert!(denied.iter().all(|(a, _)| a != "ops"), "{denied:?}");
 }
 
