@@ -1,5 +1,6 @@
 //! `POST /v1/ci/runs`: a CI job for the daemon to run. The answer is the run's report, which
-//! `kiln-ci` defines (it is also `kiln ci run --json` and the report file).
+//! `kiln-ci` defines (it is also `kiln ci run --json` and the report file), with the run's id;
+//! its output files are read with `GET /v1/ci/runs/{id}/files?path=`.
 
 use std::collections::BTreeMap;
 
@@ -8,11 +9,14 @@ use serde_json::{json, Value};
 
 use crate::Schema;
 
-/// Body of `POST /v1/ci/runs`. Paths are on the daemon's host; secrets stay in its memory.
+/// Body of `POST /v1/ci/runs`. Secrets stay in the daemon's memory. Paths are on the daemon's
+/// host: a token may name a local `repo` beneath one of the daemon's `--repo-root` folders
+/// only, and no `out` or `cache_keys` (those are the unix socket owner's); it sends
+/// `cache_key_digests` instead, and the daemon keeps the outputs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CiRunRequest {
-    /// Local path (on the daemon's host) or URL.
+    /// URL, or a local path on the daemon's host (for a token: beneath a `--repo-root`).
     pub repo: String,
     /// Ref.
     #[serde(rename = "ref", default = "head")]
@@ -37,10 +41,14 @@ pub struct CiRunRequest {
     /// Egress allowlist.
     #[serde(default)]
     pub allow: Vec<String>,
-    /// Cache key files (paths on the daemon's host).
+    /// Cache key files: paths on the daemon's host, from the unix socket's owner only.
     #[serde(default)]
     pub cache_keys: Vec<String>,
-    /// May write the cache.
+    /// Digests of the cache key files' contents (`sha256:` and 64 hex digits), computed by the
+    /// caller; what a token sends instead of `cache_keys`.
+    #[serde(default)]
+    pub cache_key_digests: Vec<String>,
+    /// May write the cache (needs the trusted or admin scope).
     #[serde(default)]
     pub trusted: bool,
     /// Matrix axes.
@@ -49,8 +57,10 @@ pub struct CiRunRequest {
     /// Artifact globs.
     #[serde(default)]
     pub artifacts: Vec<String>,
-    /// Output folder on the daemon's host.
-    pub out: String,
+    /// Output folder on the daemon's host, from the unix socket's owner only; absent, the
+    /// daemon keeps the outputs in `$KILN_HOME/ci-runs/<run id>/`.
+    #[serde(default)]
+    pub out: Option<String>,
     /// Cells at once.
     #[serde(default)]
     pub parallel: Option<usize>,
@@ -69,12 +79,13 @@ fn base() -> String {
 impl Schema for CiRunRequest {
     const NAME: &'static str = "CiRunRequest";
     fn schema() -> Value {
-        json!({ "type": "object", "required": ["repo", "build", "out"], "properties": {
+        json!({ "type": "object", "required": ["repo", "build"], "properties": {
             "repo": { "type": "string" }, "ref": { "type": "string" }, "build": { "type": "string" }, "setup": { "type": "string" },
             "timeout_seconds": { "type": "integer" }, "template": { "type": "string" },
             "secrets": { "type": "object", "additionalProperties": { "type": "string" } }, "setup_secrets": { "type": "boolean" },
             "allow": { "type": "array", "items": { "type": "string" } }, "cache_keys": { "type": "array", "items": { "type": "string" } },
+            "cache_key_digests": { "type": "array", "items": { "type": "string", "pattern": "^sha256:[0-9a-f]{64}$" } },
             "trusted": { "type": "boolean" }, "matrix": { "type": "object", "additionalProperties": { "type": "array", "items": { "type": "string" } } },
-            "artifacts": { "type": "array", "items": { "type": "string" } }, "out": { "type": "string" }, "parallel": { "type": "integer" } } })
+            "artifacts": { "type": "array", "items": { "type": "string" } }, "out": { "type": "string", "nullable": true }, "parallel": { "type": "integer" } } })
     }
 }

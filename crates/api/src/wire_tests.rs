@@ -144,12 +144,20 @@ fn egress() {
 
 #[test]
 fn ci_run() {
-    let r: CiRunRequest = serde_json::from_str(r#"{"repo":"/src","build":"make","out":"/out"}"#).unwrap();
-    assert_eq!((r.git_ref.as_str(), r.timeout_seconds, r.template.as_str(), r.parallel), ("HEAD", 1800, "base", None));
+    let r: CiRunRequest = serde_json::from_str(r#"{"repo":"/src","build":"make"}"#).unwrap();
+    assert_eq!((r.git_ref.as_str(), r.timeout_seconds, r.template.as_str(), r.parallel, r.out), ("HEAD", 1800, "base", None, None));
+    assert!(r.cache_key_digests.is_empty());
     pin::<CiRunRequest>(
         r#"{"repo":"/src","ref":"main","build":"make","setup":null,"timeout_seconds":60,"template":"base","secrets":{"TOKEN":"x"},
-            "setup_secrets":false,"allow":["pypi.org"],"cache_keys":["/src/Cargo.lock"],"trusted":true,"matrix":{"rust":["1.87","stable"]},
-            "artifacts":["target/*.tar"],"out":"/out","parallel":2}"#,
+            "setup_secrets":false,"allow":["pypi.org"],"cache_keys":["/src/Cargo.lock"],"cache_key_digests":[],"trusted":true,
+            "matrix":{"rust":["1.87","stable"]},"artifacts":["target/*.tar"],"out":"/out","parallel":2}"#,
+        true,
+    );
+    // What a token sends: a URL, digests of the cache key files, no out folder.
+    pin::<CiRunRequest>(
+        r#"{"repo":"https://example.com/r.git","ref":"HEAD","build":"make","setup":"make deps","timeout_seconds":60,"template":"base","secrets":{},
+            "setup_secrets":false,"allow":[],"cache_keys":[],"cache_key_digests":["sha256:0000000000000000000000000000000000000000000000000000000000000000"],
+            "trusted":false,"matrix":{},"artifacts":[],"out":null,"parallel":null}"#,
         true,
     );
     assert!(serde_json::from_str::<CiRunRequest>(r#"{"repo":"/src","build":"make","out":"/out","git_ref":"x"}"#).is_err());

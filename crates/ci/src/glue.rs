@@ -1,5 +1,7 @@
 //! What a CI run plugs into: kiln's egress proxy and the host's provenance signer, and a run
-//! request for `kiln serve` (`kiln_api::CiRunRequest`) made from a config and checked into one.
+//! request for `kiln serve` (`kiln_api::CiRunRequest`) made from a config (with host paths,
+//! for the daemon's unix socket; or with digests and no out folder, for a TCP listener) and
+//! checked into one.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -71,9 +73,29 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
 }
 
-/// The request for a config (secrets included: send it only over the daemon's socket).
+/// The request for a config over the daemon's unix socket, whose peer is the daemon's owner:
+/// the repository, cache-key files and out folder as host paths (secrets included: send it
+/// only to a daemon you trust with them).
 pub fn request(cfg: &CiConfig) -> Result<CiRunRequest, String> {
     let out = std::path::absolute(&cfg.out).map_err(|e| e.to_string())?;
+    let mut req = without_host_files(cfg)?;
+    req.cache_keys = cfg.cache_keys.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
+    req.out = Some(out.display().to_string());
+    Ok(req)
+}
+
+/// The request for a config to a daemon's TCP listener: no host paths but the repository's
+/// (which the daemon takes beneath its `--repo-root` folders only), the cache-key files as
+/// digests of their contents, read here (see [`crate::cache::file_digest`]), and no out folder
+/// (the daemon keeps the outputs; fetch them by the report's `run_id`).
+pub fn remote_request(cfg: &CiConfig) -> Result<CiRunRequest, crate::CiError> {
+    let mut req = without_host_files(cfg).map_err(crate::CiError::Invalid)?;
+    req.cache_key_digests = cfg.cache_keys.iter().map(|f| crate::cache::file_digest(f)).collect::<Result<_, _>>()?;
+    Ok(req)
+}
+
+/// The request without cache keys or an out folder.
+fn without_host_files(cfg: &CiConfig) -> Result<CiRunRequest, String> {
     let repo = if crate::source::is_url(&cfg.repo) { cfg.repo.clone() } else { std::path::absolute(&cfg.repo).map_err(|e| e.to_string())?.display().to_string() };
     Ok(CiRunRequest {
         repo,
@@ -85,17 +107,20 @@ pub fn request(cfg: &CiConfig) -> Result<CiRunRequest, String> {
         secrets: cfg.secrets.iter().cloned().collect(),
         setup_secrets: cfg.setup_secrets,
         allow: cfg.allow.clone(),
-        cache_keys: cfg.cache_keys.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect(),
+        cache_keys: Vec::new(),
+        cache_key_digests: Vec::new(),
         trusted: cfg.trusted,
         matrix: cfg.matrix.iter().cloned().collect(),
         artifacts: cfg.artifacts.clone(),
-        out: out.display().to_string(),
+        out: None,
         parallel: Some(cfg.parallel),
     })
 }
 
-/// The config a run request asks for, checked.
-pub fn into_config(req: CiRunRequest) -> Result<CiConfig, String> {
+/// The config a run request asks for, checked, writing its outputs into `out` (the request's
+/// own `out`, when the caller may name one, or a folder of the daemon's). Who may ask for what
+/// (scopes, host paths) is the server's to check first; this checks the request's form.
+pub fn into_config(req: CiRunRequest, out: std::path::PathBuf) -> Result<CiConfig, String> {
     if req.timeout_seconds == 0 {
         return Err("timeout_seconds must be positive".into());
     }
@@ -105,8 +130,18 @@ pub fn into_config(req: CiRunRequest) -> Result<CiConfig, String> {
         }
     }
     Policy::parse(&req.allow).map_err(|e| format!("allow: {e}"))?;
-    if !std::path::Path::new(&req.out).is_absolute() {
+    if !out.is_absolute() {
         return Err("out must be an absolute path".into());
+    }
+    let cells: usize = req.matrix.values().map(|v| v.len().max(1)).product();
+    if cells > kiln_core::fork::MAX_FORK {
+        return Err(format!("the matrix has {cells} cells; at most {}", kiln_core::fork::MAX_FORK));
+    }
+    if let Some((name, _)) = req.secrets.iter().find(|(_, v)| v.len() < 3) {
+        return Err(format!("secret {name}: too short to mask reliably (at least 3 characters)"));
+    }
+    if let Some(d) = req.cache_key_digests.iter().find(|d| !crate::cache::valid_digest(d)) {
+        return Err(format!("cache_key_digests: {d:?} is not sha256: and 64 lowercase hex digits (the sha256 of a cache-key file's contents)"));
     }
     Ok(CiConfig {
         repo: req.repo,
@@ -119,10 +154,62 @@ pub fn into_config(req: CiRunRequest) -> Result<CiConfig, String> {
         setup_secrets: req.setup_secrets,
         allow: req.allow,
         cache_keys: req.cache_keys.into_iter().map(Into::into).collect(),
+        cache_key_digests: req.cache_key_digests,
         trusted: req.trusted,
         matrix: req.matrix.into_iter().collect(),
         artifacts: req.artifacts,
-        out: req.out.into(),
+        out,
         parallel: req.parallel.unwrap_or(2).max(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> CiConfig {
+        let lock = dir.join("Cargo.lock");
+        std::fs::write(&lock, b"lock").unwrap();
+        CiConfig {
+            repo: dir.display().to_string(),
+            git_ref: "HEAD".into(),
+            build: "make".into(),
+            timeout: Duration::from_secs(60),
+            template: "base".into(),
+            cache_keys: vec![lock],
+            out: dir.join("out"),
+            parallel: 2,
+            ..CiConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_socket_request_names_host_paths_and_a_tcp_one_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = config(t.path());
+        let local = request(&cfg).unwrap();
+        assert_eq!(local.out.as_deref(), Some(t.path().join("out").to_str().unwrap()));
+        assert_eq!(local.cache_keys, [t.path().join("Cargo.lock").display().to_string()]);
+        assert!(local.cache_key_digests.is_empty());
+        let remote = remote_request(&cfg).unwrap();
+        assert_eq!((remote.out.as_deref(), remote.cache_keys.len()), (None, 0));
+        assert_eq!(remote.cache_key_digests, [crate::cache::file_digest(&t.path().join("Cargo.lock")).unwrap()]);
+        // Both key the same entry the same way each time.
+        assert_eq!(remote_request(&cfg).unwrap(), remote);
+    }
+
+    #[test]
+    fn a_request_is_checked_into_a_config() {
+        let t = tempfile::tempdir().unwrap();
+        let req = remote_request(&config(t.path())).unwrap();
+        let cfg = into_config(req.clone(), t.path().join("o")).unwrap();
+        assert_eq!((cfg.out, cfg.cache_key_digests.len()), (t.path().join("o"), 1));
+        assert!(into_config(req.clone(), "relative".into()).unwrap_err().contains("absolute"));
+        let bad = CiRunRequest { cache_key_digests: vec!["/etc/shadow".into()], ..req.clone() };
+        assert!(into_config(bad, t.path().join("o")).unwrap_err().contains("sha256"));
+        let wide = CiRunRequest { matrix: [("A".to_owned(), (0..9).map(|i| i.to_string()).collect()), ("B".to_owned(), (0..9).map(|i| i.to_string()).collect())].into(), ..req.clone() };
+        assert!(into_config(wide, t.path().join("o")).unwrap_err().contains("81 cells"));
+        let short = CiRunRequest { secrets: [("T".to_owned(), "ab".to_owned())].into(), ..req };
+        assert!(into_config(short, t.path().join("o")).unwrap_err().contains("too short"));
+    }
 }

@@ -40,6 +40,8 @@ pub struct CiConfig {
     pub allow: Vec<String>,
     /// Files whose contents key the setup cache.
     pub cache_keys: Vec<PathBuf>,
+    /// Digests (`sha256:<hex>`) of cache-key files a daemon's client read, keying it too.
+    pub cache_key_digests: Vec<String>,
     /// A trusted run may write cache entries; an untrusted one only reads them.
     pub trusted: bool,
     /// Matrix axes.
@@ -119,6 +121,44 @@ pub struct Report {
     pub exit_code: i32,
     /// Wall time.
     pub duration_ms: u64,
+    /// The daemon's id of the run (runs through `kiln serve` only): its output files are read
+    /// with `GET /v1/ci/runs/{id}/files?path=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl Report {
+    /// The output files the report names, as paths beneath the out folder `out` (relative when
+    /// the report's paths are): `setup.log` when the setup ran, and each cell's log, artifacts
+    /// and provenance.
+    pub fn files(&self, out: &Path) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if self.setup_exit_code.is_some() {
+            v.push(out.join("setup.log"));
+        }
+        for c in &self.cells {
+            v.push(c.log.clone());
+            let cell = c.log.parent().unwrap_or(out);
+            v.extend(c.artifacts.iter().map(|a| cell.join("artifacts").join(&a.path)));
+            v.extend(c.provenance.clone());
+        }
+        v
+    }
+
+    /// Moves the paths it names from beneath `from` to beneath `to` (`to` empty: relative).
+    pub fn rebase(&mut self, from: &Path, to: &Path) {
+        let move_path = |p: &mut PathBuf| {
+            if let Ok(rel) = p.strip_prefix(from) {
+                *p = to.join(rel);
+            }
+        };
+        for c in &mut self.cells {
+            move_path(&mut c.log);
+            if let Some(p) = c.provenance.as_mut() {
+                move_path(p);
+            }
+        }
+    }
 }
 
 /// Most matrix cells one run may have: each is a forked VM, all alive at once.
@@ -275,7 +315,9 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
     ensure_snapshot(home, &artifacts_boot, accel, cpus, mem, Duration::from_secs(120), progress).await?;
     let snapshot_name = Expected::new(&artifacts_boot, qemu_version()?, accel, cpus, mem).dir_name();
     let cache_key = match &cfg.setup {
-        Some(setup) if !cfg.setup_secrets => Some(crate::cache::key(&source::identity(&cfg.repo), &snapshot_name, setup, &cfg.cache_keys)?),
+        Some(setup) if !cfg.setup_secrets => {
+            Some(crate::cache::key(&source::identity(&cfg.repo), &snapshot_name, setup, &cfg.cache_keys, &cfg.cache_key_digests)?)
+        }
         _ => None,
     };
     let cache = cache_key.as_ref().map(|k| crate::cache::Entry::new(home, k));
@@ -364,6 +406,7 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
                     setup: cfg.setup.clone(), setup_exit_code: setup_exit, build: cfg.build.clone(),
                     cache: serde_json::json!({ "key": cache_key, "hit": false, "written": false }),
                     cells: vec![], egress: egress.report(), exit_code: o.exit_code(), duration_ms: t0.elapsed().as_millis() as u64,
+                    run_id: None,
                 };
                 return Ok(report);
             }
@@ -475,6 +518,7 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         egress: egress.report(),
         exit_code,
         duration_ms: t0.elapsed().as_millis() as u64,
+        run_id: None,
     })
 }
 
@@ -534,5 +578,30 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(cell_name(&c[0]), "A=1,B=x");
         assert_eq!(cell_name(&cells(&[])[0]), "default");
+    }
+
+    #[test]
+    fn a_reports_files_move_between_out_folders() {
+        let cell = |dir: &str, artifacts: &[&str], signed: bool| CellReport {
+            name: dir.into(), env: BTreeMap::new(), exit_code: 0, timed_out: false, duration_ms: 1,
+            log: PathBuf::from(format!("/daemon/ci-runs/ci-1/{dir}/build.log")),
+            artifacts: artifacts.iter().map(|p| artifacts::Artifact { path: (*p).into(), size: 1, sha256: "00".into() }).collect(),
+            provenance: signed.then(|| PathBuf::from(format!("/daemon/ci-runs/ci-1/{dir}/provenance.intoto.json"))),
+            error: None,
+        };
+        let mut r = Report {
+            repo: "r".into(), git_ref: "HEAD".into(), commit: "c".into(), template: "base".into(), setup: Some("s".into()),
+            setup_exit_code: Some(0), build: "b".into(), cache: serde_json::Value::Null,
+            cells: vec![cell("V=1", &["dist/a"], true), cell("V=2", &[], false)], egress: serde_json::Value::Null, exit_code: 0,
+            duration_ms: 1, run_id: Some("ci-1".into()),
+        };
+        r.rebase(Path::new("/daemon/ci-runs/ci-1"), Path::new(""));
+        let rel: Vec<PathBuf> = ["setup.log", "V=1/build.log", "V=1/artifacts/dist/a", "V=1/provenance.intoto.json", "V=2/build.log"].map(PathBuf::from).into();
+        assert_eq!(r.files(Path::new("")), rel);
+        r.rebase(Path::new(""), Path::new("/home/me/out"));
+        assert_eq!(r.files(Path::new("/home/me/out")), rel.iter().map(|p| Path::new("/home/me/out").join(p)).collect::<Vec<_>>());
+        // A local run's report has no run id, and its JSON says nothing of one.
+        r.run_id = None;
+        assert!(serde_json::to_value(&r).unwrap().get("run_id").is_none());
     }
 }

@@ -56,6 +56,18 @@ pub fn identity(repo: &str) -> String {
     format!("path {path}\norigin {origin}")
 }
 
+/// The folder of the repository git finds at `repo` (canonical): its work tree's top, or the
+/// repository itself when bare. Git looks upward from `repo`, so a daemon that allows paths
+/// beneath a root checks this one, not only `repo`: a folder beneath the root inside a
+/// repository above it would otherwise bundle that repository. `None`: no repository there.
+pub fn repository_folder(repo: &Path) -> Option<PathBuf> {
+    let top = run(git(repo).args(["rev-parse", "--show-toplevel"]), "git rev-parse")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| run(git(repo).args(["rev-parse", "--absolute-git-dir"]), "git rev-parse").ok())?;
+    std::fs::canonicalize(top).ok()
+}
+
 /// Makes a bundle of `git_ref` of the local repository `repo` in `dir`.
 pub fn bundle(repo: &Path, git_ref: &str, dir: &Path) -> Result<Source, CiError> {
     if run(git(repo).args(["rev-parse", "--git-dir"]), "").is_err() {
@@ -146,6 +158,21 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         assert!(bundle(outside.path(), "HEAD", &out).is_err());
         assert!(is_url("https://example.com/x.git") && !is_url("./x"));
+    }
+
+    #[test]
+    fn the_repository_folder_is_where_git_finds_the_repository() {
+        let t = tempfile::tempdir().unwrap();
+        let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(t.path()).status().unwrap().success(), "{cmd}");
+        sh("git init -q r && mkdir -p r/sub/deeper && git init -q --bare b.git && mkdir plain");
+        let r = std::fs::canonicalize(t.path().join("r")).unwrap();
+        assert_eq!(repository_folder(&r), Some(r.clone()));
+        // A folder inside a repository is that repository.
+        assert_eq!(repository_folder(&r.join("sub/deeper")), Some(r.clone()));
+        let b = std::fs::canonicalize(t.path().join("b.git")).unwrap();
+        assert_eq!(repository_folder(&b), Some(b));
+        assert_eq!(repository_folder(&t.path().join("plain")), None);
+        assert_eq!(repository_folder(&t.path().join("missing")), None);
     }
 
     #[test]

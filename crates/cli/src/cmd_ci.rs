@@ -3,7 +3,7 @@
 //! provenance.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,8 +75,10 @@ pub struct RunArgs {
     /// Print the report as JSON on stdout (build output goes to stderr).
     #[arg(long)]
     json: bool,
-    /// Run the job in `kiln serve` (KILN_HOST) instead of in this process; logs land in --out
-    /// on the daemon's host.
+    /// Run the job in `kiln serve` (KILN_HOST) instead of in this process. Over its unix socket
+    /// the daemon writes --out itself (on its host); over TCP (with KILN_TOKEN) it keeps the
+    /// outputs, and they are fetched into --out here, --cache-key files are sent as digests, and
+    /// a local --repo must be beneath one of the daemon's --repo-root folders.
     #[arg(long)]
     daemon: bool,
 }
@@ -137,6 +139,7 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         setup_secrets: a.setup_secrets,
         allow: a.allow.clone(),
         cache_keys: a.cache_keys.clone(),
+        cache_key_digests: Vec::new(),
         trusted: a.trusted,
         matrix,
         artifacts: a.artifacts.clone(),
@@ -237,7 +240,57 @@ pub async fn run(cmd: CiCmd) -> i32 {
 
 async fn via_daemon(cfg: &CiConfig) -> Result<Report, CiError> {
     let client = kiln_client::Client::from_env();
-    let body = kiln_ci::glue::request(cfg).map_err(CiError::Invalid)?;
-    let v = client.ci_run(&body).await.map_err(|e| CiError::Daemon(e.to_string()))?;
-    serde_json::from_value(v).map_err(|e| CiError::Daemon(format!("bad report: {e}")))
+    if matches!(client.target(), kiln_client::Target::Unix(_)) {
+        // The owner's socket: the daemon writes --out itself, as a run in this process would.
+        let body = kiln_ci::glue::request(cfg).map_err(CiError::Invalid)?;
+        let v = client.ci_run(&body).await.map_err(daemon_error)?;
+        return serde_json::from_value(v).map_err(|e| CiError::Daemon(format!("bad report: {e}")));
+    }
+    // A TCP listener: no host paths but the repository's; the daemon keeps the outputs, and
+    // the files the report names are fetched into --out (made first, as a local run does).
+    let body = kiln_ci::glue::remote_request(cfg)?;
+    let out = kiln_fs::Dir::create_out(&cfg.out).map_err(|e| CiError::Invalid(format!("--out: {e}")))?;
+    let v = client.ci_run(&body).await.map_err(daemon_error)?;
+    let mut report: Report = serde_json::from_value(v).map_err(|e| CiError::Daemon(format!("bad report: {e}")))?;
+    let run_id = report.run_id.clone().ok_or_else(|| CiError::Daemon("the report has no run_id to fetch its files by".into()))?;
+    for rel in report.files(Path::new("")) {
+        fetch(&client, &run_id, &rel, &out).await?;
+    }
+    let local = std::path::absolute(&cfg.out).unwrap_or_else(|_| cfg.out.clone());
+    report.rebase(Path::new(""), &local);
+    Ok(report)
+}
+
+/// Copies output file `rel` of run `run_id` from the daemon to beneath `out`, through its
+/// handle (no link followed, nothing overwritten). A file the daemon does not have (a cell
+/// that failed before writing its log) is skipped with a warning.
+async fn fetch(client: &kiln_client::Client, run_id: &str, rel: &Path, out: &kiln_fs::Dir) -> Result<(), CiError> {
+    let bad = || CiError::Daemon(format!("the report names {}, which is not a file name beneath the out folder", rel.display()));
+    let (name, text) = (rel.file_name().ok_or_else(bad)?, rel.to_str().ok_or_else(bad)?);
+    let dir = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => out.create_dirs(p),
+        None => out.try_clone(),
+    }
+    .map_err(CiError::io(format!("create the folder of {}", out.path().join(rel).display())))?;
+    let file = dir.create(Path::new(name), 0o644).map_err(CiError::io(format!("create {}", out.path().join(rel).display())))?;
+    let mut file = tokio::fs::File::from_std(file);
+    match client.ci_run_file(run_id, text, &mut file).await {
+        Ok(_) => Ok(()),
+        Err(kiln_client::ClientError::Api { status: 404, message, .. }) => {
+            drop(file);
+            let _ = dir.remove_file(&name.to_string_lossy());
+            eprintln!("kiln: {text}: not fetched: {message}");
+            Ok(())
+        }
+        Err(e) => Err(daemon_error(e)),
+    }
+}
+
+/// A refusal (4xx) is the caller's to fix, said in the daemon's words; anything else is the
+/// daemon's failure.
+fn daemon_error(e: kiln_client::ClientError) -> CiError {
+    match e {
+        kiln_client::ClientError::Api { status: 400..=499, message, .. } => CiError::Invalid(format!("the daemon refused the run: {message}")),
+        e => CiError::Daemon(e.to_string()),
+    }
 }

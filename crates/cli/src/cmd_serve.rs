@@ -14,7 +14,7 @@ use crate::exit;
 
 /// Arguments of `kiln serve`.
 #[derive(Debug, Args)]
-#[command(after_help = "The unix socket (mode 0600) needs no token. TCP listeners need bearer tokens: `kiln token create NAME`.\nClients find the daemon with KILN_HOST (unix:///path or http://host:port) and KILN_TOKEN.")]
+#[command(after_help = "The unix socket (mode 0600) is the owner's admin door: no token. TCP listeners need bearer tokens: `kiln token create NAME [--scope untrusted|trusted|admin]`.\nClients find the daemon with KILN_HOST (unix:///path or http://host:port) and KILN_TOKEN.")]
 pub struct ServeArgs {
     /// Unix socket to listen on (default: $KILN_HOME/kiln.sock).
     #[arg(long, value_name = "PATH")]
@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// Also listen on TCP, e.g. 127.0.0.1:7777 (bearer tokens required).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
+    /// A folder beneath which tokens may name local repositories for CI runs (repeatable;
+    /// links are resolved before the check). Without it tokens give repository URLs only.
+    #[arg(long = "repo-root", value_name = "DIR")]
+    repo_roots: Vec<PathBuf>,
     /// Most sandboxes alive at once (over it: 429).
     #[arg(long, default_value = "32")]
     max_sandboxes: usize,
@@ -59,6 +63,20 @@ pub async fn run(a: ServeArgs) -> i32 {
             return exit::KILN_FAILED;
         }
     }
+    let mut repo_roots = Vec::new();
+    for r in &a.repo_roots {
+        match std::fs::canonicalize(r) {
+            Ok(p) if p.is_dir() => repo_roots.push(p),
+            Ok(p) => {
+                eprintln!("kiln: --repo-root {}: {} is not a folder", r.display(), p.display());
+                return exit::USAGE;
+            }
+            Err(e) => {
+                eprintln!("kiln: --repo-root {}: {e}", r.display());
+                return exit::USAGE;
+            }
+        }
+    }
     let limits = Limits {
         max_sandboxes: a.max_sandboxes,
         max_memory_mib: a.max_memory,
@@ -83,7 +101,7 @@ pub async fn run(a: ServeArgs) -> i32 {
         }
     };
     eprintln!("kiln: serving on unix://{}", socket.display());
-    let local = kiln_server::app(AppState { manager: manager.clone(), require_token: false });
+    let local = kiln_server::app(AppState::new(manager.clone(), false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -96,7 +114,10 @@ pub async fn run(a: ServeArgs) -> i32 {
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
                 eprintln!("kiln: serving on http://{addr} (bearer tokens required)");
-                let remote = kiln_server::app(AppState { manager: manager.clone(), require_token: true });
+                for r in &repo_roots {
+                    eprintln!("kiln: tokens may name repositories beneath {}", r.display());
+                }
+                let remote = kiln_server::app(AppState::new(manager.clone(), true).with_repo_roots(repo_roots.clone()));
                 let w = wait(stop_rx.clone());
                 tasks.push(tokio::spawn(async move { axum::serve(l, remote).with_graceful_shutdown(w).await }));
             }

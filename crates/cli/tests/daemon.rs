@@ -216,3 +216,51 @@ async fn ci_run_through_the_daemon() {
     drop(d);
     th.assert_clean();
 }
+
+/// `kiln ci run --daemon` over TCP with a token: the repository is beneath the daemon's
+/// `--repo-root`, the cache key goes as a digest, the daemon keeps the outputs under the run's
+/// id, and the CLI fetches every file the report names into its own --out, as a local run
+/// would have made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
+async fn ci_run_over_tcp_fetches_the_outputs_into_out() {
+    let th = TestHome::for_daemon();
+    let root = tempfile::tempdir().unwrap();
+    let repo = root.path().join("app");
+    std::fs::create_dir(&repo).unwrap();
+    let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(&repo).status().unwrap().success(), "{cmd}");
+    sh("git init -q && echo lock > Cargo.lock && printf 'echo built; echo \"tok=$TOK\"; mkdir -p dist; echo hi > dist/hello; exit 3\\n' > build.sh \
+        && git add -A && git -c user.email=a@b -c user.name=a commit -qm i");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = kiln_testkit::Daemon::start(kiln!(&th), &th, &["--listen", &addr, "--repo-root", root.path().to_str().unwrap()]);
+    assert!(wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()), "{}", d.stderr());
+    let o = kiln!(&th).args(["token", "create", "ci"]).output().unwrap();
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let outs = tempfile::tempdir().unwrap();
+    let out = outs.path().join("out");
+    let mut c = kiln!(&th);
+    c.current_dir(&repo).args(["ci", "run", "--daemon", "--repo", ".", "--setup", "true", "--cache-key", "Cargo.lock", "--build", "sh build.sh"]);
+    c.args(["--artifact", "dist/*", "--secret", "TOK", "--out"]).arg(&out);
+    c.env("KILN_HOST", format!("http://{addr}")).env("KILN_TOKEN", &token).env("TOK", "sekrit-value-2");
+    let o = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    // The local out folder: what a local run makes.
+    assert_eq!(std::fs::read_to_string(out.join("build/build.log")).unwrap(), "built\ntok=***\n");
+    assert_eq!(std::fs::read_to_string(out.join("build/artifacts/dist/hello")).unwrap(), "hi\n");
+    assert!(out.join("build/provenance.intoto.json").is_file() && out.join("setup.log").is_file());
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["cells"][0]["log"].as_str(), Some(out.join("build/build.log").to_str().unwrap()));
+    assert_eq!(report["cache"]["written"], false, "an untrusted run wrote the cache");
+    // On the daemon: the run's folder, its report's paths relative to it, its owner recorded.
+    let run_id = report["run_id"].as_str().unwrap();
+    let kept = th.home.root().join("ci-runs").join(run_id);
+    let theirs: serde_json::Value = serde_json::from_slice(&std::fs::read(kept.join("report.json")).unwrap()).unwrap();
+    assert_eq!(theirs["cells"][0]["log"].as_str(), Some("build/build.log"));
+    let store = Store::open(&th.home.root().join("kiln.db")).unwrap();
+    assert_eq!(store.ci_run(run_id).unwrap().unwrap().owner, "ci");
+    let events = store.events(None, 1000).unwrap();
+    assert!(events.iter().any(|e| e.kind == "ci_done" && e.actor == "ci" && e.detail.starts_with(run_id)), "{events:?}");
+    drop(d);
+    th.assert_clean();
+}

@@ -169,9 +169,17 @@ impl Client {
         Ok(f.sandboxes)
     }
 
-    /// Runs a CI job in the daemon; waits for its report (`kiln-ci`'s `Report`, as JSON).
+    /// Runs a CI job in the daemon; waits for its report (`kiln-ci`'s `Report`, as JSON, with
+    /// the `run_id` whose files [`Client::ci_run_file`] reads).
     pub async fn ci_run(&self, request: &CiRunRequest) -> Result<serde_json::Value, ClientError> {
         self.call(Method::POST, "/v1/ci/runs", Some(request)).await
+    }
+
+    /// Reads an output file of a CI run the daemon kept (`path` relative to the run's folder,
+    /// e.g. `build/build.log`) into `out`; returns its size.
+    pub async fn ci_run_file(&self, run_id: &str, path: &str, out: &mut (impl AsyncWrite + Unpin)) -> Result<u64, ClientError> {
+        let resp = self.send(Method::GET, &format!("/v1/ci/runs/{}/files?path={}", enc(run_id), enc(path)), full(Bytes::new()), "application/json").await?;
+        copy_body(resp, out, "the daemon failed?").await
     }
 
     /// Runs a command and waits for its result.
@@ -197,21 +205,7 @@ impl Client {
     /// Reads a file into `out`; returns its size.
     pub async fn read_file(&self, id: &str, path: &str, out: &mut (impl AsyncWrite + Unpin)) -> Result<u64, ClientError> {
         let resp = self.send(Method::GET, &format!("/v1/sandboxes/{}/files?path={}", enc(id), enc(path)), full(Bytes::new()), "application/json").await?;
-        let expected: Option<u64> = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        let mut body = resp.into_body();
-        let mut n = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
-            if let Some(d) = frame.data_ref() {
-                out.write_all(d).await.map_err(|e| ClientError::Transport(e.to_string()))?;
-                n += d.len() as u64;
-            }
-        }
-        out.flush().await.map_err(|e| ClientError::Transport(e.to_string()))?;
-        if expected.is_some_and(|e| e != n) {
-            return Err(ClientError::Transport(format!("file ended after {n} of {} bytes (the sandbox failed?)", expected.unwrap_or(0))));
-        }
-        Ok(n)
+        copy_body(resp, out, "the sandbox failed?").await
     }
 
     /// Lists a folder.
@@ -237,6 +231,26 @@ impl Client {
             self.call(Method::DELETE, &format!("/v1/sandboxes/{}/files?path={}&recursive={recursive}", enc(id), enc(path)), None::<&()>).await?;
         Ok(())
     }
+}
+
+/// Copies a response's body into `out`; a body shorter or longer than its `content-length` is
+/// an error (`why` guesses the cause).
+async fn copy_body(resp: Response<Incoming>, out: &mut (impl AsyncWrite + Unpin), why: &str) -> Result<u64, ClientError> {
+    let expected: Option<u64> = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if let Some(d) = frame.data_ref() {
+            out.write_all(d).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+            n += d.len() as u64;
+        }
+    }
+    out.flush().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+    if expected.is_some_and(|e| e != n) {
+        return Err(ClientError::Transport(format!("file ended after {n} of {} bytes ({why})", expected.unwrap_or(0))));
+    }
+    Ok(n)
 }
 
 /// The daemon's error answer; one that is not an [`ErrorBody`] (a proxy's page, say) keeps its

@@ -1,6 +1,8 @@
 //! The daemon's view of sandboxes: a registry of live sandboxes with deadlines, limits on how
-//! many and how much memory, the state store, and an audit trail. The HTTP server translates
-//! requests into calls here; nothing here knows about HTTP.
+//! many and how much memory, the state store, and an audit trail. Every sandbox belongs to the
+//! principal that created it: a call about a sandbox the caller may not see answers
+//! [`ManagerError::NotFound`], as for one that does not exist, so ids do not leak. The HTTP
+//! server translates requests into calls here; nothing here knows about HTTP.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use kiln_image::Home;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use kiln_core::error::{Fault, SandboxError};
+use crate::access::{Principal, Scope};
 use crate::lifecycle::{Lifecycle, State};
 use crate::metrics::Metrics;
 use kiln_core::sandbox::{CreateMode, Sandbox, SandboxOptions};
@@ -38,8 +41,8 @@ impl Default for Limits {
 /// Why a manager call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    /// No live sandbox with that id.
-    #[error("no sandbox {0} (it never existed, was deleted, or its TTL expired)")]
+    /// No live sandbox with that id that the caller may see.
+    #[error("no sandbox {0} (it never existed, was deleted, its TTL expired, or another token created it)")]
     NotFound(String),
     /// Over a limit.
     #[error("{0}")]
@@ -47,6 +50,9 @@ pub enum ManagerError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    /// The caller's scope does not allow it (the message names the scope needed).
+    #[error("{0}")]
+    Forbidden(String),
     /// The sandbox is in the wrong state.
     #[error("{0}")]
     Conflict(String),
@@ -80,6 +86,8 @@ pub struct CreateRequest {
 pub(crate) struct Entry {
     pub(crate) sandbox: Arc<RwLock<Sandbox>>,
     pub(crate) info: Mutex<SandboxInfo>,
+    /// The principal that created it.
+    owner: String,
     run_dir: String,
     /// The egress policy and log of this sandbox.
     egress: Arc<kiln_egress::ProxyContext>,
@@ -247,7 +255,7 @@ impl Manager {
         r.1 = r.1.saturating_sub(mib * n as u64);
     }
 
-    fn register(&self, sandbox: Sandbox, deadline: i64, template: &str, egress: Arc<kiln_egress::ProxyContext>) -> Result<SandboxInfo, ManagerError> {
+    fn register(&self, sandbox: Sandbox, deadline: i64, template: &str, egress: Arc<kiln_egress::ProxyContext>, owner: &str) -> Result<SandboxInfo, ManagerError> {
         let (mode, parent) = mode_name(sandbox.mode());
         let info = SandboxInfo {
             id: sandbox.id().to_owned(),
@@ -261,19 +269,43 @@ impl Manager {
             parent,
         };
         let run_dir = sandbox.vm_spec().run_dir.display().to_string();
-        self.store.put_sandbox(&SandboxRecord { info: info.clone(), run_dir: run_dir.clone(), vmm_pid: sandbox.vmm_pid() })?;
+        self.store.put_sandbox(&SandboxRecord { info: info.clone(), run_dir: run_dir.clone(), vmm_pid: sandbox.vmm_pid(), owner: owner.to_owned() })?;
         let tunnel = attach_egress(&sandbox, egress.clone());
-        let entry = Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), run_dir, egress, tunnel });
+        let entry =
+            Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), owner: owner.to_owned(), run_dir, egress, tunnel });
         lock(&self.live).insert(info.id.clone(), entry);
         self.metrics.running.set(lock(&self.live).len() as i64);
         Ok(info)
     }
 
-    /// Creates a sandbox (restored from its template's snapshot).
-    pub async fn create(&self, req: CreateRequest, actor: &str) -> Result<SandboxInfo, ManagerError> {
+    /// The template a request names, from the daemon's template folders (or built in). A path
+    /// is refused before anything is read. Only an admin may use one that is not built, or
+    /// changed since it was built, since using it builds it (its `run` commands run as root).
+    pub fn template(&self, name: &str, who: &Principal) -> Result<kiln_image::TemplateDef, ManagerError> {
+        let name = crate::access::template_name(name).map_err(ManagerError::Invalid)?;
+        let def = kiln_image::TemplateDef::find(name).map_err(SandboxError::from)?;
+        if !who.may(Scope::Admin) {
+            let built = kiln_image::BuiltTemplate::load(&self.home, &def.name);
+            if built.is_none_or(|b| Some(&b.source_digest) != def.source_digest.as_ref()) {
+                return Err(ManagerError::Invalid(format!(
+                    "template {name} is not built (or changed since it was built), and building it needs the admin scope; \
+                     ask an admin to run `kiln template build {name}`"
+                )));
+            }
+        }
+        Ok(def)
+    }
+
+    /// Creates a sandbox (restored from its template's snapshot), owned by `who`.
+    pub async fn create(&self, req: CreateRequest, who: &Principal) -> Result<SandboxInfo, ManagerError> {
+        let actor = who.name.as_str();
+        if let Err(m) = crate::access::egress_reach(who, &req.allow, None) {
+            let _ = self.store.event(None, "denied", &format!("create: {m}"), actor);
+            return Err(ManagerError::Forbidden(m));
+        }
+        let def = self.template(&req.template, who)?;
         let ttl = self.check_ttl(req.ttl)?;
         let egress = egress_context(&req.allow)?;
-        let def = kiln_image::TemplateDef::find(&req.template).map_err(SandboxError::from)?;
         let mib = u64::from(req.memory_mib.unwrap_or(def.vm.memory_mib));
         self.reserve(1, mib)?;
         let t0 = Instant::now();
@@ -298,34 +330,34 @@ impl Manager {
         self.metrics.creates.inc();
         self.metrics.create_latency.observe(t0.elapsed().as_secs_f64());
         let deadline = now() + ttl.as_secs() as i64;
-        let info = self.register(sandbox, deadline, &def.name, egress)?;
+        let info = self.register(sandbox, deadline, &def.name, egress, actor)?;
         self.store.event(Some(&info.id), "created", &format!("template {} ({}), ttl {}s", info.template, info.mode, ttl.as_secs()), actor)?;
         Ok(info)
     }
 
-    fn entry(&self, id: &str) -> Result<Arc<Entry>, ManagerError> {
-        lock(&self.live).get(id).cloned().ok_or_else(|| ManagerError::NotFound(id.to_owned()))
+    /// A live sandbox `who` may see: its own, or any for an admin. Another's is not found.
+    fn entry(&self, id: &str, who: &Principal) -> Result<Arc<Entry>, ManagerError> {
+        lock(&self.live).get(id).filter(|e| who.sees(&e.owner)).cloned().ok_or_else(|| ManagerError::NotFound(id.to_owned()))
     }
 
-    /// One live sandbox; a finished one from the store.
-    pub fn get(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
-        if let Ok(e) = self.entry(id) {
-            let info = lock(&e.info).clone();
-            return Ok(info);
-        }
-        Err(ManagerError::NotFound(id.to_owned()))
+    /// One live sandbox.
+    pub fn get(&self, id: &str, who: &Principal) -> Result<SandboxInfo, ManagerError> {
+        let e = self.entry(id, who)?;
+        let info = lock(&e.info).clone();
+        Ok(info)
     }
 
-    /// Live sandboxes, oldest first.
-    pub fn list(&self) -> Vec<SandboxInfo> {
-        let mut v: Vec<SandboxInfo> = lock(&self.live).values().map(|e| lock(&e.info).clone()).collect();
+    /// The live sandboxes `who` may see, oldest first.
+    pub fn list(&self, who: &Principal) -> Vec<SandboxInfo> {
+        let mut v: Vec<SandboxInfo> = lock(&self.live).values().filter(|e| who.sees(&e.owner)).map(|e| lock(&e.info).clone()).collect();
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         v
     }
 
     /// Destroys a sandbox.
-    pub async fn delete(&self, id: &str, actor: &str) -> Result<(), ManagerError> {
-        self.finish(id, State::Stopped, "killed", "on request", actor).await
+    pub async fn delete(&self, id: &str, who: &Principal) -> Result<(), ManagerError> {
+        self.entry(id, who)?;
+        self.finish(id, State::Stopped, "killed", "on request", &who.name).await
     }
 
     /// Removes a sandbox from the registry and destroys its VM, recording why.
@@ -345,9 +377,10 @@ impl Manager {
     }
 
     /// Sets a sandbox's deadline to now + `ttl`.
-    pub fn extend(&self, id: &str, ttl: Duration, actor: &str) -> Result<SandboxInfo, ManagerError> {
+    pub fn extend(&self, id: &str, ttl: Duration, who: &Principal) -> Result<SandboxInfo, ManagerError> {
+        let e = self.entry(id, who)?;
         let ttl = self.check_ttl(Some(ttl))?;
-        let e = self.entry(id)?;
+        let actor = who.name.as_str();
         let deadline = now() + ttl.as_secs() as i64;
         lock(&e.info).deadline = deadline;
         self.store.set_deadline(id, deadline)?;
@@ -356,9 +389,9 @@ impl Manager {
         Ok(info)
     }
 
-    /// A read lease on a running sandbox, for exec and file requests.
-    pub async fn lease(&self, id: &str) -> Result<Lease, ManagerError> {
-        let e = self.entry(id)?;
+    /// A read lease on a running sandbox `who` may see, for exec and file requests.
+    pub async fn lease(&self, id: &str, who: &Principal) -> Result<Lease, ManagerError> {
+        let e = self.entry(id, who)?;
         let state = lock(&e.info).state;
         if !state.can_exec() {
             return Err(ManagerError::Conflict(format!("sandbox {id} is {}, not running", state.as_str())));
@@ -389,9 +422,21 @@ impl Manager {
         let _ = self.store.event(Some(id), "exec", &detail, actor);
     }
 
+    /// Records a file request (`op` is read, write, remove, list, stat or mkdir) and how it
+    /// ended in the audit log.
+    pub fn note_files<T>(&self, id: &str, op: &str, path: &str, result: &Result<T, ManagerError>, actor: &str) {
+        let detail = match result {
+            Ok(_) => format!("{op} {path}"),
+            Err(e) => format!("{op} {path}: {e}"),
+        };
+        let _ = self.store.event(Some(id), "files", &detail, actor);
+    }
+
     /// Forks a running, forkable sandbox into `count` clones with the parent's deadline.
-    pub async fn fork(&self, id: &str, count: usize, actor: &str) -> Result<Vec<SandboxInfo>, ManagerError> {
-        let e = self.entry(id)?;
+    /// The clones belong to `who`.
+    pub async fn fork(&self, id: &str, count: usize, who: &Principal) -> Result<Vec<SandboxInfo>, ManagerError> {
+        let e = self.entry(id, who)?;
+        let actor = who.name.as_str();
         let (mib, deadline, template) = {
             let i = lock(&e.info);
             (u64::from(i.memory_mib), i.deadline, i.template.clone())
@@ -425,7 +470,7 @@ impl Manager {
             drop(attach_egress(&parent, egress.clone())); // ends when that VM does
         }
         for c in clones {
-            let info = self.register(c, deadline, &template, egress.clone())?;
+            let info = self.register(c, deadline, &template, egress.clone(), actor)?;
             self.store.event(Some(&info.id), "created", &format!("forked from {id}"), actor)?;
             infos.push(info);
         }
@@ -476,8 +521,8 @@ impl Manager {
     }
 
     /// The egress attempts of a live sandbox.
-    pub fn egress_log(&self, id: &str) -> Result<kiln_egress::LogSnapshot, ManagerError> {
-        Ok(self.entry(id)?.egress.log.snapshot())
+    pub fn egress_log(&self, id: &str, who: &Principal) -> Result<kiln_egress::LogSnapshot, ManagerError> {
+        Ok(self.entry(id, who)?.egress.log.snapshot())
     }
 
     /// Prometheus text.
@@ -492,8 +537,9 @@ mod send_check {
     #[allow(dead_code)]
     fn futures_are_send(m: &super::Manager, h: &kiln_image::Home, a: &kiln_core::artifacts::BootArtifacts) {
         fn is_send<T: Send>(_: T) {}
-        is_send(m.create(Default::default(), "x"));
-        is_send(m.fork("x", 1, "x"));
+        let who = crate::access::Principal::local();
+        is_send(m.create(Default::default(), &who));
+        is_send(m.fork("x", 1, &who));
         is_send(kiln_core::Sandbox::create(h, &Default::default(), &kiln_image::quiet));
         is_send(kiln_core::sandbox::ensure_snapshot(h, a, kiln_vmm::Accel::Tcg, 1, 1, std::time::Duration::ZERO, &kiln_image::quiet));
     }

@@ -1,5 +1,7 @@
-//! The daemon's state in SQLite (`$KILN_HOME/kiln.db`): sandboxes, templates, snapshots, API
-//! tokens (hashed) and an audit log of events. It is what survives a crash of the daemon.
+//! The daemon's state in SQLite (`$KILN_HOME/kiln.db`): sandboxes (with the name that created
+//! each), templates, snapshots, API tokens (hashed, with their scopes; see [`crate::tokens`]),
+//! the CI runs whose outputs the daemon keeps, and an audit log of events. It is what survives
+//! a crash of the daemon. Databases of an earlier kiln are migrated when opened.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -7,7 +9,6 @@ use std::sync::Mutex;
 use kiln_api::SandboxInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::lifecycle::State;
 
@@ -30,8 +31,8 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// A sandbox as recorded: what the API shows of it, and where its VM is on the host. Its
-/// row in `sandboxes` has one column per field of both.
+/// A sandbox as recorded: what the API shows of it, where its VM is on the host, and who
+/// created it. Its row in `sandboxes` has one column per field of these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
     /// What the API shows.
@@ -41,6 +42,19 @@ pub struct SandboxRecord {
     pub run_dir: String,
     /// Process id of its VMM.
     pub vmm_pid: u32,
+    /// The principal that created it (a token's name, or `local`): only it, and admins, see it.
+    pub owner: String,
+}
+
+/// A CI run whose outputs the daemon keeps (in `$KILN_HOME/ci-runs/<id>/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiRunRecord {
+    /// Its id (`ci-` and 12 hex digits).
+    pub id: String,
+    /// The principal that started it: only it, and admins, may read its files.
+    pub owner: String,
+    /// Unix seconds.
+    pub started_at: i64,
 }
 
 /// One audit event.
@@ -61,7 +75,7 @@ pub struct Event {
 /// The store.
 #[derive(Debug)]
 pub struct Store {
-    db: Mutex<Connection>,
+    pub(crate) db: Mutex<Connection>,
 }
 
 const SCHEMA: &str = "
@@ -70,18 +84,48 @@ PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS sandboxes (
     id TEXT PRIMARY KEY, template TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL,
     deadline INTEGER NOT NULL, cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, mode TEXT NOT NULL,
-    parent TEXT, run_dir TEXT NOT NULL, vmm_pid INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+    parent TEXT, run_dir TEXT NOT NULL, vmm_pid INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'local');
 CREATE TABLE IF NOT EXISTS templates (
     name TEXT PRIMARY KEY, digest TEXT NOT NULL, size_bytes INTEGER NOT NULL, built_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (
     name TEXT PRIMARY KEY, template TEXT NOT NULL, created_at INTEGER NOT NULL, bake_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
-    name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT 'untrusted');
+CREATE TABLE IF NOT EXISTS ci_runs (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, started_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, sandbox TEXT, kind TEXT NOT NULL,
     detail TEXT NOT NULL, actor TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_sandbox ON events(sandbox);
 ";
+
+/// Columns an earlier kiln's tables lack, added when a database is opened: (table, column,
+/// its definition). A token made before scopes existed becomes `untrusted`; a sandbox recorded
+/// before owners existed belongs to whoever its `created` event names (else `local`).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("tokens", "scope", "TEXT NOT NULL DEFAULT 'untrusted'"),
+    ("sandboxes", "owner", "TEXT NOT NULL DEFAULT 'local'"),
+];
+
+const OWNERS_FROM_EVENTS: &str = "UPDATE sandboxes SET owner = COALESCE(
+    (SELECT actor FROM events WHERE events.sandbox = sandboxes.id AND events.kind = 'created' ORDER BY events.id LIMIT 1), 'local')";
+
+/// Brings a database up to this kiln's schema.
+fn migrate(db: &Connection) -> Result<()> {
+    db.execute_batch(SCHEMA)?;
+    for (table, column, definition) in ADDED_COLUMNS {
+        let has: bool = db.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?.exists([column])?;
+        if !has {
+            db.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+            if column == "owner" {
+                db.execute_batch(OWNERS_FROM_EVENTS)?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Unix seconds now.
 pub fn now() -> i64 {
@@ -101,10 +145,10 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<SandboxRecord> {
         mode: r.get(7)?,
         parent: r.get(8)?,
     };
-    Ok(SandboxRecord { info, run_dir: r.get(9)?, vmm_pid: r.get(10)? })
+    Ok(SandboxRecord { info, run_dir: r.get(9)?, vmm_pid: r.get(10)?, owner: r.get(11)? })
 }
 
-const COLUMNS: &str = "id, template, state, created_at, deadline, cpus, memory_mib, mode, parent, run_dir, vmm_pid";
+const COLUMNS: &str = "id, template, state, created_at, deadline, cpus, memory_mib, mode, parent, run_dir, vmm_pid, owner";
 
 impl Store {
     /// Opens (creating) the database at `path`.
@@ -126,18 +170,18 @@ impl Store {
         }
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.execute_batch(SCHEMA)?;
+        migrate(&db)?;
         Ok(Store { db: Mutex::new(db) })
     }
 
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Store> {
         let db = Connection::open_in_memory()?;
-        db.execute_batch(SCHEMA)?;
+        migrate(&db)?;
         Ok(Store { db: Mutex::new(db) })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -145,8 +189,8 @@ impl Store {
     pub fn put_sandbox(&self, s: &SandboxRecord) -> Result<()> {
         let i = &s.info;
         self.db().execute(
-            &format!("INSERT OR REPLACE INTO sandboxes ({COLUMNS}, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
-            params![i.id, i.template, i.state.as_str(), i.created_at, i.deadline, i.cpus, i.memory_mib, i.mode, i.parent, s.run_dir, s.vmm_pid, now()],
+            &format!("INSERT OR REPLACE INTO sandboxes ({COLUMNS}, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"),
+            params![i.id, i.template, i.state.as_str(), i.created_at, i.deadline, i.cpus, i.memory_mib, i.mode, i.parent, s.run_dir, s.vmm_pid, s.owner, now()],
         )?;
         Ok(())
     }
@@ -222,37 +266,17 @@ impl Store {
         Ok(())
     }
 
-    /// Creates an API token named `name`; returns the secret (shown once, stored hashed).
-    pub fn create_token(&self, name: &str) -> Result<String> {
-        let secret = format!("kiln_{}", kiln_core::random::hex(24));
-        self.db().execute(
-            "INSERT OR REPLACE INTO tokens (name, sha256, created_at) VALUES (?1, ?2, ?3)",
-            params![name, token_hash(&secret), now()],
-        )?;
-        Ok(secret)
+    /// Records a CI run whose outputs the daemon keeps.
+    pub fn put_ci_run(&self, r: &CiRunRecord) -> Result<()> {
+        self.db().execute("INSERT INTO ci_runs (id, owner, started_at) VALUES (?1, ?2, ?3)", params![r.id, r.owner, r.started_at])?;
+        Ok(())
     }
 
-    /// The name of the token with this secret, if any.
-    pub fn token_name(&self, secret: &str) -> Result<Option<String>> {
-        Ok(self.db().query_row("SELECT name FROM tokens WHERE sha256 = ?1", [token_hash(secret)], |r| r.get(0)).optional()?)
+    /// A CI run by id.
+    pub fn ci_run(&self, id: &str) -> Result<Option<CiRunRecord>> {
+        let map = |r: &rusqlite::Row<'_>| Ok(CiRunRecord { id: r.get(0)?, owner: r.get(1)?, started_at: r.get(2)? });
+        Ok(self.db().query_row("SELECT id, owner, started_at FROM ci_runs WHERE id = ?1", [id], map).optional()?)
     }
-
-    /// Names of all tokens.
-    pub fn token_names(&self) -> Result<Vec<String>> {
-        let db = self.db();
-        let mut st = db.prepare("SELECT name FROM tokens ORDER BY name")?;
-        let rows = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    }
-
-    /// Deletes a token; whether it existed.
-    pub fn revoke_token(&self, name: &str) -> Result<bool> {
-        Ok(self.db().execute("DELETE FROM tokens WHERE name = ?1", [name])? > 0)
-    }
-}
-
-fn token_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]
@@ -293,7 +317,7 @@ mod tests {
             mode: "restored".into(),
             parent: None,
         };
-        SandboxRecord { info, run_dir: "/r".into(), vmm_pid: 7 }
+        SandboxRecord { info, run_dir: "/r".into(), vmm_pid: 7, owner: "ci".into() }
     }
 
     #[test]
@@ -318,13 +342,61 @@ mod tests {
         assert_eq!((old.info.template.as_str(), old.info.state, old.info.deadline, old.info.cpus, old.info.memory_mib), ("base", State::Running, 20, 2, 512));
         assert_eq!((old.info.mode.as_str(), old.info.parent.as_deref(), old.run_dir.as_str(), old.vmm_pid), ("cold", None, "/run/old", 42));
         assert_eq!(s.sandbox("odd").unwrap().unwrap().info.state, State::Failed);
-        // Its JSON is the API's sandbox and the two host fields, side by side.
+        // A row that names no owner is the socket owner's.
+        assert_eq!(old.owner, "local");
+        // Its JSON is the API's sandbox and the host fields, side by side.
         let v = serde_json::to_value(&old).unwrap();
-        assert_eq!((v["id"].as_str(), v["run_dir"].as_str(), v["vmm_pid"].as_u64()), (Some("old"), Some("/run/old"), Some(42)));
+        assert_eq!((v["id"].as_str(), v["run_dir"].as_str(), v["vmm_pid"].as_u64(), v["owner"].as_str()), (Some("old"), Some("/run/old"), Some(42), Some("local")));
+    }
+
+    /// The schema of the kiln before scopes and owners, as it created its tables.
+    const OLD_SCHEMA: &str = "
+        CREATE TABLE sandboxes (
+            id TEXT PRIMARY KEY, template TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+            deadline INTEGER NOT NULL, cpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, mode TEXT NOT NULL,
+            parent TEXT, run_dir TEXT NOT NULL, vmm_pid INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+        CREATE TABLE tokens (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, sandbox TEXT, kind TEXT NOT NULL,
+            detail TEXT NOT NULL, actor TEXT NOT NULL);
+        INSERT INTO sandboxes VALUES ('sbx-a', 'tiny', 'running', 1, 2, 1, 256, 'restored', NULL, '/r/a', 7, 3);
+        INSERT INTO sandboxes VALUES ('sbx-b', 'tiny', 'stopped', 1, 2, 1, 256, 'restored', NULL, '/r/b', 8, 3);
+        INSERT INTO events (at, sandbox, kind, detail, actor) VALUES (1, 'sbx-a', 'exec', 'true', 'other');
+        INSERT INTO events (at, sandbox, kind, detail, actor) VALUES (1, 'sbx-a', 'created', 'template tiny', 'ci');
+        INSERT INTO tokens VALUES ('ci', '0000', 5);
+    ";
+
+    #[test]
+    fn an_earlier_database_is_migrated() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("kiln.db");
+        rusqlite::Connection::open(&path).unwrap().execute_batch(OLD_SCHEMA).unwrap();
+        let s = Store::open(&path).unwrap();
+        // A token without a scope is untrusted; a sandbox belongs to the actor of its `created`
+        // event, or to the socket's owner when none is recorded.
+        let tokens = s.tokens().unwrap();
+        assert_eq!((tokens[0].name.as_str(), tokens[0].scope, tokens[0].created_at), ("ci", crate::access::Scope::Untrusted, 5));
+        assert_eq!(s.sandbox("sbx-a").unwrap().unwrap().owner, "ci");
+        assert_eq!(s.sandbox("sbx-b").unwrap().unwrap().owner, "local");
+        // New tables are there, and opening it again changes nothing.
+        assert_eq!(s.ci_run("ci-000000000000").unwrap(), None);
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.sandbox("sbx-a").unwrap().unwrap().owner, "ci");
+        assert_eq!(s.tokens().unwrap().len(), 1);
     }
 
     #[test]
-    fn sandboxes_events_tokens_persist() {
+    fn ci_runs_have_owners() {
+        let s = Store::in_memory().unwrap();
+        let r = CiRunRecord { id: "ci-0123456789ab".into(), owner: "ci".into(), started_at: 9 };
+        s.put_ci_run(&r).unwrap();
+        assert_eq!(s.ci_run(&r.id).unwrap(), Some(r.clone()));
+        assert!(s.put_ci_run(&r).is_err(), "an id is used once");
+    }
+
+    #[test]
+    fn sandboxes_and_events_persist() {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("kiln.db");
         {
@@ -333,21 +405,14 @@ mod tests {
             s.put_sandbox(&rec("b", State::Stopped)).unwrap();
             s.set_deadline("a", 99).unwrap();
             s.event(Some("a"), "created", "tiny", "local").unwrap();
-            let secret = s.create_token("ci").unwrap();
-            assert_eq!(s.token_name(&secret).unwrap().as_deref(), Some("ci"));
-            assert_eq!(s.token_name("kiln_wrong").unwrap(), None);
         }
-        // Reopened: everything is still there; the secret itself is not stored.
+        // Reopened: everything is still there.
         let s = Store::open(&path).unwrap();
         let live = s.live_sandboxes().unwrap();
         assert_eq!(live.len(), 1);
-        assert_eq!(live[0].info.deadline, 99);
+        assert_eq!((live[0].info.deadline, live[0].owner.as_str()), (99, "ci"));
         assert_eq!(s.events(Some("a"), 10).unwrap()[0].kind, "created");
-        assert_eq!(s.token_names().unwrap(), ["ci"]);
-        let raw = std::fs::read(&path).unwrap();
-        assert!(!String::from_utf8_lossy(&raw).contains("kiln_"), "a token secret is on disk");
         s.set_state("a", State::Failed).unwrap();
         assert!(s.live_sandboxes().unwrap().is_empty());
-        assert!(s.revoke_token("ci").unwrap());
     }
 }

@@ -95,6 +95,19 @@ impl Policy {
         self.entries.is_empty()
     }
 
+    /// The literal non-public addresses it allows (loopback, private, link-local, ...), each
+    /// with why it is not public: the entries that reach past the public internet, into the
+    /// host or its networks.
+    pub fn non_public_addresses(&self) -> Vec<(IpAddr, &'static str)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match e.host {
+                Pattern::Addr(ip) => non_public(ip).map(|why| (ip, why)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether some entry matches `host:port` by name or literal address — the check to make
     /// *before* resolving `host`, so that names nobody allowed never reach a resolver.
     pub fn permits_name(&self, host: &str, port: u16) -> bool {
@@ -324,6 +337,14 @@ mod tests {
             let p = policy(&[text]);
             assert_eq!(p.entries, vec![Entry { host: host.clone(), port: *port }], "{text}");
         }
+    }
+
+    #[test]
+    fn non_public_literals_are_named() {
+        let p = policy(&["example.com", "127.0.0.1:8080", "[::1]", "10.1.2.3", PUBLIC, "localhost", "[::ffff:192.168.1.1]:22"]);
+        let found: Vec<String> = p.non_public_addresses().into_iter().map(|(ip, _)| ip.to_string()).collect();
+        assert_eq!(found, ["127.0.0.1", "::1", "10.1.2.3", "192.168.1.1"]);
+        assert!(policy(&["example.com", PUBLIC]).non_public_addresses().is_empty());
     }
 
     #[test]

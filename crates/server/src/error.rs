@@ -28,6 +28,10 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
     }
+    /// 403: the caller's token lacks the scope (the message names the one needed).
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
+    }
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: message.into() }
@@ -75,6 +79,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotFound(_) => ApiError::not_found(e.to_string()),
             ManagerError::Limit(m) => ApiError { status: StatusCode::TOO_MANY_REQUESTS, code: "limit", message: m },
             ManagerError::Invalid(m) => ApiError::bad_request(m),
+            ManagerError::Forbidden(m) => ApiError::forbidden(m),
             ManagerError::Conflict(m) => ApiError { status: StatusCode::CONFLICT, code: "conflict", message: m },
             ManagerError::Sandbox(s) => s.into(),
             ManagerError::Store(s) => ApiError::internal(&s),

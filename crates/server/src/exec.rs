@@ -78,7 +78,7 @@ impl Capped {
 /// `POST /v1/sandboxes/{id}/exec`.
 pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<api::ExecResult>> {
     let (req, text) = request(parse_json(&body)?)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let (mut out, mut err) = (Capped { buf: Vec::new(), truncated: false }, Capped { buf: Vec::new(), truncated: false });
     let r = lease
         .exec(req, |o| match o {
@@ -88,7 +88,7 @@ pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>
         .await;
     drop(lease);
     if let Some((code, msg)) = r.as_ref().err().and_then(not_started) {
-        st.manager.note_exec(&id, &text, &Err(kiln_daemon::manager::ManagerError::Invalid(msg.trim().to_owned())), &actor.0);
+        st.manager.note_exec(&id, &text, &Err(kiln_daemon::manager::ManagerError::Invalid(msg.trim().to_owned())), &actor.name);
         return Ok(Json(api::ExecResult {
             stdout: String::new(),
             stderr: msg,
@@ -100,7 +100,7 @@ pub async fn exec(State(st): State<AppState>, Extension(actor): Extension<Actor>
         }));
     }
     let r = st.manager.settle(&id, r).await;
-    st.manager.note_exec(&id, &text, &r, &actor.0);
+    st.manager.note_exec(&id, &text, &r, &actor.name);
     let o: ExecOutcome = r?;
     let exit = exit_of(&o);
     Ok(Json(api::ExecResult {
@@ -137,7 +137,7 @@ pub async fn exec_stream(
     body: Bytes,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let (req, text) = request(parse_json(&body)?)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Event, usize)>();
     let backlog = Arc::new(AtomicUsize::new(0));
     let consumed = backlog.clone();
@@ -169,7 +169,7 @@ pub async fn exec_stream(
             sse("exit", &api::ExecExit { exit_code: code, timed_out: false, duration_ms: 0 })
         } else {
             let r = manager.settle(&id, r).await;
-            manager.note_exec(&id, &text, &r, &actor.0);
+            manager.note_exec(&id, &text, &r, &actor.name);
             match r {
                 Ok(o) => sse("exit", &exit_of(&o)),
                 Err(e) => {

@@ -1,17 +1,18 @@
-//! File resources: bytes in and out (streamed, size-capped), list, stat, mkdir, remove.
+//! File resources: bytes in and out (streamed, size-capped), list, stat, mkdir, remove. Each
+//! request is of a sandbox the caller may see, and is recorded in the audit log with its caller.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::TryStreamExt;
 use kiln_api as api;
 use kiln_proto::{FileKind, FileStat, DEFAULT_MAX_FILE};
 use serde::Deserialize;
 
 use crate::error::{guest_path, ApiError, ApiResult};
-use crate::AppState;
+use crate::{Actor, AppState};
 
 /// Most entries one listing returns.
 pub const MAX_LIST: usize = 100_000;
@@ -48,10 +49,12 @@ fn mode(q: &PathQuery, default: u32) -> ApiResult<u32> {
 }
 
 /// `GET /v1/sandboxes/{id}/files?path=`: the file's bytes, streamed.
-pub async fn read(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Response> {
+pub async fn read(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Response> {
     let path = guest_path(&q.path)?;
-    let lease = st.manager.lease(&id).await?;
-    let stat = st.manager.settle(&id, lease.map_err(lease.agent().stat(&path).await).await).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
+    let stat = st.manager.settle(&id, lease.map_err(lease.agent().stat(&path).await).await).await;
+    st.manager.note_files(&id, "read", &path, &stat, &actor.name);
+    let stat = stat?;
     if stat.kind != FileKind::File {
         return Err(ApiError::bad_request(format!("{path} is a {}, not a file", kind(stat.kind))));
     }
@@ -70,54 +73,64 @@ pub async fn read(State(st): State<AppState>, Path(id): Path<String>, Query(q): 
 }
 
 /// `PUT /v1/sandboxes/{id}/files?path=&mode=`: writes the body (parents created).
-pub async fn write(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>, body: Body) -> ApiResult<StatusCode> {
+pub async fn write(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, Query(q): Query<PathQuery>, body: Body) -> ApiResult<StatusCode> {
     let path = guest_path(&q.path)?;
     let mode = mode(&q, 0o644)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
     let r = lease.map_err(lease.agent().write_file(&path, mode, true, reader).await).await;
     drop(lease);
-    st.manager.settle(&id, r).await?;
+    let r = st.manager.settle(&id, r).await;
+    st.manager.note_files(&id, "write", &path, &r, &actor.name);
+    r?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /v1/sandboxes/{id}/files?path=&recursive=`.
-pub async fn remove(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<StatusCode> {
+pub async fn remove(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<StatusCode> {
     let path = guest_path(&q.path)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let r = lease.map_err(lease.agent().remove(&path, q.recursive.unwrap_or(false)).await).await;
     drop(lease);
-    st.manager.settle(&id, r).await?;
+    let r = st.manager.settle(&id, r).await;
+    st.manager.note_files(&id, "remove", &path, &r, &actor.name);
+    r?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/sandboxes/{id}/files/list?path=`.
-pub async fn list(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<api::FileInfo>>> {
+pub async fn list(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<api::FileInfo>>> {
     let path = guest_path(&q.path)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let r = lease.map_err(lease.agent().list(&path, MAX_LIST).await).await;
     drop(lease);
-    let entries = st.manager.settle(&id, r).await?;
+    let r = st.manager.settle(&id, r).await;
+    st.manager.note_files(&id, "list", &path, &r, &actor.name);
+    let entries = r?;
     Ok(Json(entries.iter().map(file_info).collect()))
 }
 
 /// `GET /v1/sandboxes/{id}/files/stat?path=`.
-pub async fn stat(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<api::FileInfo>> {
+pub async fn stat(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<api::FileInfo>> {
     let path = guest_path(&q.path)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let r = lease.map_err(lease.agent().stat(&path).await).await;
     drop(lease);
-    Ok(Json(file_info(&st.manager.settle(&id, r).await?)))
+    let r = st.manager.settle(&id, r).await;
+    st.manager.note_files(&id, "stat", &path, &r, &actor.name);
+    Ok(Json(file_info(&r?)))
 }
 
 /// `POST /v1/sandboxes/{id}/files/mkdir?path=&mode=`.
-pub async fn mkdir(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<PathQuery>, _body: Bytes) -> ApiResult<StatusCode> {
+pub async fn mkdir(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, Query(q): Query<PathQuery>, _body: Bytes) -> ApiResult<StatusCode> {
     let path = guest_path(&q.path)?;
     let mode = mode(&q, 0o755)?;
-    let lease = st.manager.lease(&id).await?;
+    let lease = st.manager.lease(&id, &actor).await?;
     let r = lease.map_err(lease.agent().mkdir(&path, mode, true).await).await;
     drop(lease);
-    st.manager.settle(&id, r).await?;
+    let r = st.manager.settle(&id, r).await;
+    st.manager.note_files(&id, "mkdir", &path, &r, &actor.name);
+    r?;
     Ok(StatusCode::NO_CONTENT)
 }

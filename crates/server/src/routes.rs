@@ -33,7 +33,10 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/v1/templates/{name}/bake", "bakeTemplate", "Bake a template's snapshot", || post(templates::bake)).answers(200, one::<Baked>()),
     r("POST", "/v1/ci/runs", "ciRun", "Run a CI job (kiln ci run) in the daemon; the report", || post(ci::run))
         .takes(json::<CiRunRequest>())
-        .answers(200, Answer::Object("the run's report, as `kiln ci run --json` prints it")),
+        .answers(200, Answer::Object("the run's report, as `kiln ci run --json` prints it, with its run_id")),
+    r("GET", "/v1/ci/runs/{id}/files", "ciRunFile", "Read an output file of a CI run (path relative to its folder)", || get(ci::file))
+        .query(&[PATH])
+        .answers(200, Answer::Raw("application/octet-stream")),
     r("POST", "/v1/sandboxes", "createSandbox", "Create a sandbox from a template", || post(sandboxes::create))
         .takes(json::<CreateSandbox>())
         .answers(201, one::<SandboxInfo>()),

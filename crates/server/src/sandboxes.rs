@@ -1,4 +1,5 @@
-//! Sandbox resources: create, list, get, delete, extend, fork.
+//! Sandbox resources: create, list, get, delete, extend, fork. A token sees only the
+//! sandboxes it created (an admin sees all); another's answers 404, as a missing one does.
 
 use std::time::Duration;
 
@@ -36,30 +37,30 @@ pub async fn create(State(st): State<AppState>, Extension(actor): Extension<Acto
         forkable: b.forkable,
         allow: b.allow,
     };
-    let info = st.manager.create(req, &actor.0).await?;
+    let info = st.manager.create(req, &actor).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
 /// `GET /v1/sandboxes`.
-pub async fn list(State(st): State<AppState>) -> Json<Vec<SandboxInfo>> {
-    Json(st.manager.list())
+pub async fn list(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> Json<Vec<SandboxInfo>> {
+    Json(st.manager.list(&actor))
 }
 
 /// `GET /v1/sandboxes/{id}`.
-pub async fn get(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<SandboxInfo>> {
-    Ok(Json(st.manager.get(&id)?))
+pub async fn get(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>) -> ApiResult<Json<SandboxInfo>> {
+    Ok(Json(st.manager.get(&id, &actor)?))
 }
 
 /// `DELETE /v1/sandboxes/{id}`.
 pub async fn delete(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    st.manager.delete(&id, &actor.0).await?;
+    st.manager.delete(&id, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/sandboxes/{id}/extend`.
 pub async fn extend(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<SandboxInfo>> {
     let b: ExtendSandbox = parse_json(&body)?;
-    Ok(Json(st.manager.extend(&id, ttl(b.ttl_seconds)?, &actor.0)?))
+    Ok(Json(st.manager.extend(&id, ttl(b.ttl_seconds)?, &actor)?))
 }
 
 /// `POST /v1/sandboxes/{id}/fork`.
@@ -68,11 +69,11 @@ pub async fn fork(State(st): State<AppState>, Extension(actor): Extension<Actor>
     if b.count < 1 {
         return Err(ApiError::bad_request(format!("count must be at least 1, not {}", b.count)));
     }
-    let sandboxes = st.manager.fork(&id, b.count as usize, &actor.0).await?;
+    let sandboxes = st.manager.fork(&id, b.count as usize, &actor).await?;
     Ok((StatusCode::CREATED, Json(Forked { sandboxes })))
 }
 
 /// `GET /v1/sandboxes/{id}/egress`: every connection attempt through the egress proxy.
-pub async fn egress(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<EgressLog>> {
-    Ok(Json(st.manager.egress_log(&id)?))
+pub async fn egress(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(id): Path<String>) -> ApiResult<Json<EgressLog>> {
+    Ok(Json(st.manager.egress_log(&id, &actor)?))
 }

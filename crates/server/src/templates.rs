@@ -1,4 +1,5 @@
-//! Template resources: list, build, bake.
+//! Template resources: list (anyone), build and bake (the admin scope: a build runs the
+//! template's commands as root). Templates are named, never given as paths.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -6,6 +7,9 @@ use axum::{Extension, Json};
 use kiln_api::{Baked, BuildTemplate, TemplateInfo};
 use kiln_image::{rootfs, BuiltTemplate, TemplateDef};
 
+use kiln_daemon::Scope;
+
+use crate::auth::require_scope;
 use crate::error::{parse_json, ApiError, ApiResult};
 use crate::{Actor, AppState};
 
@@ -38,8 +42,9 @@ pub async fn list(State(st): State<AppState>) -> Json<Vec<TemplateInfo>> {
 
 /// `POST /v1/templates/{name}/build`.
 pub async fn build(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<TemplateInfo>> {
+    require_scope(&st, &actor, Scope::Admin, "building a template")?;
     let b: BuildTemplate = parse_json(&body)?;
-    let def = TemplateDef::find(&name).map_err(kiln_core::SandboxError::from)?;
+    let def = st.manager.template(&name, &actor)?;
     let home = st.manager.home().clone();
     let built = tokio::task::spawn_blocking(move || rootfs::build(&home, &def, b.force, &kiln_image::quiet))
         .await
@@ -47,20 +52,22 @@ pub async fn build(State(st): State<AppState>, Extension(actor): Extension<Actor
         .map_err(kiln_core::SandboxError::from)?;
     let store = st.manager.store();
     let _ = store.put_template(&built.name, built.rootfs.hex(), built.size_bytes, built.built_at);
-    let _ = store.event(None, "template_built", &format!("{} {}", built.name, built.rootfs), &actor.0);
+    let _ = store.event(None, "template_built", &format!("{} {}", built.name, built.rootfs), &actor.name);
     Ok(Json(template_info(&built)))
 }
 
 /// `POST /v1/templates/{name}/bake`.
 pub async fn bake(State(st): State<AppState>, Extension(actor): Extension<Actor>, Path(name): Path<String>) -> ApiResult<Json<Baked>> {
+    require_scope(&st, &actor, Scope::Admin, "baking a template")?;
+    let def = st.manager.template(&name, &actor)?;
     let home = st.manager.home();
-    let artifacts = kiln_core::artifacts::prepare(home, &name, &kiln_image::quiet)?;
+    let artifacts = kiln_core::artifacts::prepare(home, &def.name, &kiln_image::quiet)?;
     let (accel, _) = kiln_core::accel::resolve(home, Default::default()).await?;
     let (cpus, mem) = (artifacts.template.cpus, artifacts.template.memory_mib);
     let snap = kiln_core::sandbox::ensure_snapshot(home, &artifacts, accel, cpus, mem, std::time::Duration::from_secs(120), &kiln_image::quiet).await?;
     let snap_name = snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let store = st.manager.store();
     let _ = store.put_snapshot(&snap_name, &name, snap.meta.created_at, snap.meta.bake_ms);
-    let _ = store.event(None, "template_baked", &snap_name, &actor.0);
+    let _ = store.event(None, "template_baked", &snap_name, &actor.name);
     Ok(Json(Baked { template: name, snapshot: snap_name, bake_ms: snap.meta.bake_ms }))
 }
