@@ -133,10 +133,7 @@ pub fn into_config(req: CiRunRequest, out: std::path::PathBuf) -> Result<CiConfi
     if !out.is_absolute() {
         return Err("out must be an absolute path".into());
     }
-    let cells: usize = req.matrix.values().map(|v| v.len().max(1)).product();
-    if cells > kiln_core::fork::MAX_FORK {
-        return Err(format!("the matrix has {cells} cells; at most {}", kiln_core::fork::MAX_FORK));
-    }
+    crate::run::cell_count(&req.matrix).map_err(|e| e.to_string())?;
     if let Some((name, _)) = req.secrets.iter().find(|(_, v)| v.len() < 3) {
         return Err(format!("secret {name}: too short to mask reliably (at least 3 characters)"));
     }
@@ -208,7 +205,7 @@ mod tests {
         let bad = CiRunRequest { cache_key_digests: vec!["/etc/shadow".into()], ..req.clone() };
         assert!(into_config(bad, t.path().join("o")).unwrap_err().contains("sha256"));
         let wide = CiRunRequest { matrix: [("A".to_owned(), (0..9).map(|i| i.to_string()).collect()), ("B".to_owned(), (0..9).map(|i| i.to_string()).collect())].into(), ..req.clone() };
-        assert!(into_config(wide, t.path().join("o")).unwrap_err().contains("81 cells"));
+        assert!(into_config(wide, t.path().join("o")).unwrap_err().contains("more than 64 cells"));
         let short = CiRunRequest { secrets: [("T".to_owned(), "ab".to_owned())].into(), ..req };
         assert!(into_config(short, t.path().join("o")).unwrap_err().contains("too short"));
     }

@@ -168,7 +168,7 @@ pub const MAX_PARALLEL: usize = 16;
 
 /// How many cells a matrix expands to, checked against [`MAX_CELLS`] before it is expanded
 /// (30 two-value axes would be 2^30 cells).
-pub fn cell_count(matrix: &[(String, Vec<String>)]) -> Result<usize, CiError> {
+pub fn cell_count<'a>(matrix: impl IntoIterator<Item = (&'a String, &'a Vec<String>)>) -> Result<usize, CiError> {
     let mut n: usize = 1;
     for (k, values) in matrix {
         if values.is_empty() {
@@ -187,7 +187,7 @@ impl CiConfig {
         if self.parallel == 0 || self.parallel > MAX_PARALLEL {
             return Err(CiError::Invalid(format!("parallel must be between 1 and {MAX_PARALLEL} (got {})", self.parallel)));
         }
-        cell_count(&self.matrix)
+        cell_count(self.matrix.iter().map(|(k, v)| (k, v)))
     }
 }
 
@@ -562,13 +562,13 @@ mod tests {
         let axis = |k: usize| (format!("A{k}"), vec!["0".to_owned(), "1".to_owned()]);
         let huge: Vec<_> = (0..30).map(axis).collect();
         let t = Instant::now();
-        let e = cell_count(&huge).unwrap_err().to_string();
+        let e = cell_count(huge.iter().map(|(k, v)| (k, v))).unwrap_err().to_string();
         assert!(e.contains("more than 64 cells"), "{e}");
         assert!(t.elapsed() < Duration::from_millis(100));
         let overflow: Vec<_> = (0..200).map(axis).collect();
-        assert!(cell_count(&overflow).is_err());
-        assert_eq!(cell_count(&(0..6).map(axis).collect::<Vec<_>>()).unwrap(), 64);
-        assert!(cell_count(&[("A".into(), vec![])]).is_err());
+        assert!(cell_count(overflow.iter().map(|(k, v)| (k, v))).is_err());
+        assert_eq!(cell_count((0..6).map(axis).collect::<Vec<_>>().iter().map(|(k, v)| (k, v))).unwrap(), 64);
+        assert!(cell_count([(&"A".to_owned(), &Vec::new())]).is_err());
     }
 
     #[test]

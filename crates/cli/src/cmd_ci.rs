@@ -111,10 +111,7 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         }
         matrix.push((k.to_owned(), values));
     }
-    let cells: usize = matrix.iter().map(|(_, v)| v.len()).product();
-    if cells > kiln_core::fork::MAX_FORK {
-        return Err(format!("the matrix has {cells} cells; at most {}", kiln_core::fork::MAX_FORK));
-    }
+    kiln_ci::run::cell_count(matrix.iter().map(|(k, v)| (k, v))).map_err(|e| e.to_string())?;
     for g in &a.artifacts {
         if !kiln_ci::artifacts::valid_glob(g) {
             return Err(format!("--artifact {g:?}: use a relative glob of letters, digits and ._-/*?[]"));

@@ -249,6 +249,13 @@ impl Manager {
         Ok(())
     }
 
+    /// Room for `n` VMs of `mib` MiB that are not sandboxes of the registry (a CI run's setup
+    /// VM and cells), held under the same limits until the [`Reservation`] is dropped.
+    pub fn reserve_vms(self: &Arc<Self>, n: usize, mib: u64) -> Result<Reservation, ManagerError> {
+        self.reserve(n, mib)?;
+        Ok(Reservation { manager: self.clone(), n, mib })
+    }
+
     fn release(&self, n: usize, mib: u64) {
         let mut r = lock(&self.reserved);
         r.0 = r.0.saturating_sub(n);
@@ -529,6 +536,22 @@ impl Manager {
     pub fn metrics_text(&self) -> String {
         self.metrics.running.set(lock(&self.live).len() as i64);
         self.metrics.render()
+    }
+}
+
+
+/// VMs counted against the daemon's limits while they run outside its registry; released
+/// when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    manager: Arc<Manager>,
+    n: usize,
+    mib: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.manager.release(self.n, self.mib);
     }
 }
 

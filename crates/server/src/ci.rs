@@ -38,7 +38,11 @@ pub async fn run(State(st): State<AppState>, Extension(actor): Extension<Actor>,
     let run_id = format!("ci-{}", kiln_core::random::hex(6));
     let out = named_out.clone().unwrap_or_else(|| runs_folder(&st).join(&run_id));
     let cfg = into_config(req, out.clone()).map_err(ApiError::bad_request)?;
-    st.manager.template(&cfg.template, &actor)?;
+    let def = st.manager.template(&cfg.template, &actor)?;
+    // The run's VMs (its setup VM and one clone per cell, alive together while it forks) count
+    // against the daemon's limits like sandboxes, for as long as the run lasts.
+    let cells = cfg.check_limits()?;
+    let _room = st.manager.reserve_vms(cells + 1, u64::from(def.vm.memory_mib))?;
     let store = st.manager.store();
     let kept = named_out.is_none();
     if kept {

@@ -364,3 +364,23 @@ async fn a_token_sees_no_sandbox_but_its_own() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {v}");
     }
 }
+
+/// A CI run's VMs (setup VM and one per cell) count against the daemon's limits like
+/// sandboxes, and a matrix over the cap is refused before it is expanded: both before any VM
+/// starts or any folder is made.
+#[tokio::test]
+async fn ci_runs_count_against_the_daemon_s_limits() {
+    let t = tempfile::tempdir().unwrap();
+    let home = Home::at(t.path(), t.path().join("run"));
+    let manager = Manager::open(home, Limits { max_sandboxes: 2, ..Limits::default() }).unwrap();
+    let st = AppState::new(manager, false);
+    let body = |matrix: serde_json::Value| serde_json::json!({ "repo": "https://example.com/r.git", "build": "true", "template": "tiny", "matrix": matrix }).to_string();
+    let (status, v) = call(&st, "POST", "/v1/ci/runs", &body(serde_json::json!({ "V": ["1", "2"] }))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(message(&v).contains("--max-sandboxes"), "{v}");
+    let axes: serde_json::Map<String, serde_json::Value> = (0..30).map(|i| (format!("A{i}"), serde_json::json!(["0", "1"]))).collect();
+    let (status, v) = call(&st, "POST", "/v1/ci/runs", &body(serde_json::Value::Object(axes))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("more than 64 cells"), "{v}");
+    assert!(!t.path().join("ci-runs").exists(), "a run folder was made: {:?}", tree(t.path()));
+}
