@@ -91,7 +91,8 @@ pub(crate) struct Entry {
     run_dir: String,
     /// The egress policy and log of this sandbox.
     egress: Arc<kiln_egress::ProxyContext>,
-    tunnel: tokio::task::JoinHandle<String>,
+    /// The task serving its VM's egress tunnel (a new one when a fork restarts its VM).
+    tunnel: Mutex<tokio::task::JoinHandle<String>>,
 }
 
 /// Serves a sandbox's egress tunnel with this proxy context.
@@ -279,7 +280,7 @@ impl Manager {
         self.store.put_sandbox(&SandboxRecord { info: info.clone(), run_dir: run_dir.clone(), vmm_pid: sandbox.vmm_pid(), owner: owner.to_owned() })?;
         let tunnel = attach_egress(&sandbox, egress.clone());
         let entry =
-            Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), owner: owner.to_owned(), run_dir, egress, tunnel });
+            Arc::new(Entry { sandbox: Arc::new(RwLock::new(sandbox)), info: Mutex::new(info.clone()), owner: owner.to_owned(), run_dir, egress, tunnel: Mutex::new(tunnel) });
         lock(&self.live).insert(info.id.clone(), entry);
         self.metrics.running.set(lock(&self.live).len() as i64);
         Ok(info)
@@ -375,7 +376,7 @@ impl Manager {
         let _ = self.store.set_state(id, State::Stopping);
         // Kill without waiting for running execs (they end with "sandbox destroyed").
         entry.sandbox.read().await.kill();
-        entry.tunnel.abort();
+        lock(&entry.tunnel).abort();
         let _ = std::fs::remove_dir_all(&entry.run_dir);
         transition(&entry.info, end);
         self.store.set_state(id, end)?;
@@ -474,7 +475,10 @@ impl Manager {
         let egress = e.egress.clone();
         {
             let parent = e.sandbox.read().await;
-            drop(attach_egress(&parent, egress.clone())); // ends when that VM does
+            // The old VM's tunnel ended with it; the entry keeps the new one, so destroying
+            // the sandbox ends it (and its connections' tasks) at once.
+            lock(&e.tunnel).abort();
+            *lock(&e.tunnel) = attach_egress(&parent, egress.clone());
         }
         for c in clones {
             let info = self.register(c, deadline, &template, egress.clone(), actor)?;
