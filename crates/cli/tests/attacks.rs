@@ -102,3 +102,55 @@ fn attack_pr_cache_key_file_is_a_link_to_a_host_secret() {
     assert!(stderr.contains("package-lock.json") && stderr.contains("not a link"), "{stderr}");
     assert!(!stderr.contains("OPENSSH"), "{stderr}");
 }
+
+/// docs/github-actions.md's step as written (`--out "$RUNNER_TEMP/kiln-out"`, a setup with a
+/// cache key, a matrix, artifacts) on a pull request that commits symlinks everywhere kiln
+/// reads or writes: in the checkout's would-be out folders, as its cache-key file's
+/// neighbour, and as artifacts (made in the VM too). Nothing outside the out folder changes,
+/// and the out folder holds only regular files and folders.
+#[test]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
+fn attack_pr_symlinks_against_the_documented_workflow_write_nothing_outside_the_out_folder() {
+    let th = TestHome::for_daemon();
+    let victims = tempfile::tempdir().unwrap();
+    let victim = victims.path().join("etc-passwd");
+    std::fs::write(&victim, "root:x:0:0\n").unwrap();
+    let before = tree(victims.path());
+    let pr = pr_checkout(
+        &[("package-lock.json", "{}\n"), ("build.sh", "mkdir -p dist && echo built > dist/real && ln -sf /etc/passwd dist/link-made-in-vm\n")],
+        &[("kiln-out/report.json", &victim), ("kiln-ci-out/build", victims.path()), ("dist/link-committed", &victim)],
+    );
+    let runner_temp = tempfile::tempdir().unwrap();
+    let out = runner_temp.path().join("kiln-out");
+    let o = kiln_testkit::kiln!(&th)
+        .current_dir(pr.path())
+        .args(["ci", "run", "--repo", ".", "--ref", "HEAD", "--template", "base", "--setup", "true", "--cache-key", "package-lock.json"])
+        .args(["--build", "sh build.sh", "--matrix", "NODE_ENV=test,production", "--artifact", "dist/*", "--timeout", "300", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert_eq!(tree(victims.path()), before, "a host file changed");
+    let mut regular = 0;
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            assert!(!t.is_symlink(), "a link in the out folder: {}", e.path().display());
+            if t.is_dir() {
+                stack.push(e.path());
+            } else {
+                regular += 1;
+            }
+        }
+    }
+    for cell in ["NODE_ENV=test", "NODE_ENV=production"] {
+        assert_eq!(std::fs::read_to_string(out.join(cell).join("artifacts/dist/real")).unwrap(), "built\n");
+        assert!(!out.join(cell).join("artifacts/dist/link-made-in-vm").exists());
+        assert!(!out.join(cell).join("artifacts/dist/link-committed").exists());
+    }
+    assert!(regular >= 5, "report, logs, artifacts, provenance: {regular} files");
+    // The checkout's own links are where the PR put them, untouched, and nothing was written through them.
+    assert!(std::fs::symlink_metadata(pr.path().join("kiln-out/report.json")).unwrap().file_type().is_symlink());
+}
