@@ -23,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::Handler;
+/// What serves one tunnelled connection (kiln's egress proxy).
+pub type Handler = Arc<dyn Fn(DuplexStream) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Tasks each connection runs: guest → handler, handler → guest, and the handler.
 pub const TASKS_PER_CONN: usize = 3;

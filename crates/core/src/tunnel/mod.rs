@@ -14,26 +14,22 @@ mod conn;
 #[cfg(test)]
 mod tests;
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_proto::tunnel::{NetMsg, WINDOW};
 use kiln_proto::{encode, FrameDecoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{Stats, HANDLER_GRACE, TASKS_PER_CONN};
+pub use conn::{Handler, Stats, HANDLER_GRACE, TASKS_PER_CONN};
 use conn::{spawn_task, Shared};
 
-/// What serves one tunnelled connection (kiln's egress proxy).
-pub type Handler = Arc<dyn Fn(DuplexStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Connects to a VM's tunnel socket and serves it until the VM goes away; returns why it ended.
 pub async fn serve(socket: &Path, handler: Handler) -> String {

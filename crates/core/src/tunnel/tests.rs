@@ -3,7 +3,7 @@
 use super::*;
 use kiln_proto::tunnel::MAX_CONNS;
 use kiln_proto::MAX_CHUNK;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, DuplexStream};
 
 /// A handler that echoes upper-cased bytes.
 fn echo() -> Handler {
