@@ -38,7 +38,10 @@ pub fn find_agent() -> Result<PathBuf> {
     let cands = agent_candidates();
     let mut dynamic = Vec::new();
     for p in cands.iter().filter(|p| p.is_file()) {
-        let bytes = std::fs::read(p).map_err(ImageError::io("read agent", p))?;
+        // The ELF and program headers sit at the start: no need to read the whole binary.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(p).map_err(ImageError::io("read agent", p))?, 64 << 10), &mut bytes)
+            .map_err(ImageError::io("read agent", p))?;
         if has_interpreter(&bytes) {
             dynamic.push(p.display().to_string());
             continue;
@@ -66,9 +69,50 @@ fn has_interpreter(elf: &[u8]) -> bool {
     (0..phnum).any(|i| rd32(phoff + i * phentsize) == Some(3))
 }
 
-/// Builds (or finds) the initramfs for this agent and kernel; returns its digest.
+/// What the initramfs is made of, cheaply: the agent file's identity (path, size, inode,
+/// mtime, ctime) and the kernel's release and module digests.
+fn inputs_key(kernel: &Kernel, agent: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(agent).ok()?;
+    let modules: Vec<String> = kernel.modules.iter().map(|(n, d)| format!("{n}={}", d.hex())).collect();
+    Some(format!(
+        "initramfs-v1\n{}\n{} {} {} {} {} {} {}\n{}\n{}\n{}",
+        agent.display(),
+        m.len(),
+        m.ino(),
+        m.dev(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        kernel.release,
+        kernel.vmlinuz.hex(),
+        modules.join(",")
+    ))
+}
+
+/// Builds (or finds) the initramfs for this agent and kernel; returns its digest. The last
+/// build is remembered by its inputs' identity ([`inputs_key`]), so a create whose agent and
+/// kernel did not change neither reads the agent nor rebuilds and hashes the archive.
 pub fn ensure(home: &Home, kernel: &Kernel, agent: &Path) -> Result<Digest> {
     let store = Store::new(home.store());
+    let memo = home.root().join("initramfs.memo");
+    let key = inputs_key(kernel, agent);
+    if let (Some(key), Ok(text)) = (&key, std::fs::read_to_string(&memo)) {
+        if let Some(d) = text.strip_prefix(key.as_str()).and_then(|rest| rest.strip_prefix("\n=")).and_then(|h| Digest::parse(h.trim())) {
+            if store.contains(&d) {
+                return Ok(d);
+            }
+        }
+    }
+    let digest = build(&store, home, kernel, agent)?;
+    if let Some(key) = key {
+        let _ = crate::atomic::write_atomic(&memo, format!("{key}\n={}\n", digest.hex()).as_bytes());
+    }
+    Ok(digest)
+}
+
+fn build(store: &Store, home: &Home, kernel: &Kernel, agent: &Path) -> Result<Digest> {
     let agent_bytes = std::fs::read(agent).map_err(ImageError::io("read agent", agent))?;
     let mut w = CpioWriter::new();
     w.dir("kiln", 0o755);

@@ -134,6 +134,10 @@ pub fn detect_layout(ops: &dyn HostOps) -> Result<Layout, String> {
 }
 
 fn namespaces_work() -> Result<(), String> {
+    crate::memo::remembered("namespaces", &crate::memo::this_boot(), || ask_namespaces().map(|()| "ok".to_owned())).map(|_| ())
+}
+
+fn ask_namespaces() -> Result<(), String> {
     let mut c = Command::new("/bin/true");
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: unshare is async-signal-safe.
@@ -153,6 +157,13 @@ fn namespaces_work() -> Result<(), String> {
 }
 
 fn qemu_has_seccomp(binary: &Path) -> Result<(), String> {
+    match crate::memo::binary_identity(binary) {
+        Some(id) => crate::memo::remembered("qemu-seccomp", &format!("{id} {SECCOMP}"), || ask_qemu_seccomp(binary).map(|()| "ok".to_owned())).map(|_| ()),
+        None => ask_qemu_seccomp(binary),
+    }
+}
+
+fn ask_qemu_seccomp(binary: &Path) -> Result<(), String> {
     let out = Command::new(binary).args(["-sandbox", SECCOMP, "-version"]).stdin(Stdio::null()).output();
     match out {
         Ok(o) if o.status.success() => Ok(()),

@@ -13,6 +13,7 @@ pub mod hostops;
 pub mod jail;
 pub mod qcow2;
 pub mod qemu;
+pub mod memo;
 pub mod qmp;
 pub mod spawn;
 pub mod version;

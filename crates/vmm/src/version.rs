@@ -78,13 +78,20 @@ pub fn of(binary: &Path) -> Result<VersionInfo, VmError> {
     if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(binary) {
         return Ok(v.clone());
     }
-    let out = Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|source| VmError::Spawn { binary: binary.display().to_string(), source })?;
-    let line = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned();
+    let ask = || -> Result<String, VmError> {
+        let out = Command::new(binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|source| VmError::Spawn { binary: binary.display().to_string(), source })?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_owned())
+    };
+    // Across processes too, while the binary is the same file (see `crate::memo`).
+    let line = match crate::memo::binary_identity(binary) {
+        Some(id) => crate::memo::remembered("qemu-version", &id, ask)?,
+        None => ask()?,
+    };
     let version = QemuVersion::parse(&line).ok_or_else(|| {
         VmError::Unsupported(format!("{} --version printed {line:?}, not a QEMU version; is KILN_QEMU a QEMU?", binary.display()))
     })?;
