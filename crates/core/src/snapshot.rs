@@ -288,15 +288,14 @@ pub fn memory_path(home: &Home, expected: &Expected) -> PathBuf {
 /// Returns the backing file as recorded.
 pub fn create_overlay(base: &Path, base_format: &str, overlay: &Path) -> Result<PathBuf, SandboxError> {
     let base = &std::fs::canonicalize(base).map_err(|source| SandboxError::Io { what: format!("resolve {}", base.display()), source })?;
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|source| SandboxError::Io { what: "run qemu-img (apt-get install qemu-utils)".into(), source })?;
-    if !out.status.success() {
-        return Err(SandboxError::Tool { tool: "qemu-img create".into(), detail: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+    // Written here rather than by `qemu-img create` (a process start on every create); the
+    // image is the same (see `kiln_vmm::overlay`).
+    let size = match base_format {
+        "qcow2" => kiln_vmm::qcow2::header(base).ok().flatten().map(|h| h.virtual_size),
+        _ => std::fs::metadata(base).ok().map(|m| m.len()),
     }
+    .ok_or_else(|| SandboxError::Tool { tool: "qcow2 overlay".into(), detail: format!("cannot read the size of {}", base.display()) })?;
+    kiln_vmm::overlay::create_overlay(overlay, base, base_format, size).map_err(|source| SandboxError::Io { what: format!("create {}", overlay.display()), source })?;
     Ok(base.clone())
 }
 

@@ -14,6 +14,7 @@ pub mod jail;
 pub mod qcow2;
 pub mod qemu;
 pub mod memo;
+pub mod overlay;
 pub mod qmp;
 pub mod spawn;
 pub mod version;
