@@ -56,16 +56,16 @@ pub fn identity(repo: &str) -> String {
     format!("path {path}\norigin {origin}")
 }
 
-/// The folder of the repository git finds at `repo` (canonical): its work tree's top, or the
-/// repository itself when bare. Git looks upward from `repo`, so a daemon that allows paths
-/// beneath a root checks this one, not only `repo`: a folder beneath the root inside a
-/// repository above it would otherwise bundle that repository. `None`: no repository there.
-pub fn repository_folder(repo: &Path) -> Option<PathBuf> {
-    let top = run(git(repo).args(["rev-parse", "--show-toplevel"]), "git rev-parse")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| run(git(repo).args(["rev-parse", "--absolute-git-dir"]), "git rev-parse").ok())?;
-    std::fs::canonicalize(top).ok()
+/// The folders of the repository git finds at `repo` (canonical): its work tree's top (when it
+/// has one), its git folder and its common git folder. Git looks upward from `repo`, and a
+/// `.git` file can name a git folder anywhere, so a daemon that allows paths beneath a root
+/// checks all of these, not only `repo`: otherwise a folder beneath the root could bundle a
+/// repository outside it. `None`: no repository there.
+pub fn repository_folders(repo: &Path) -> Option<Vec<PathBuf>> {
+    let git_dir = run(git(repo).args(["rev-parse", "--absolute-git-dir"]), "git rev-parse").ok()?;
+    let common = run(git(repo).args(["rev-parse", "--path-format=absolute", "--git-common-dir"]), "git rev-parse").ok()?;
+    let top = run(git(repo).args(["rev-parse", "--show-toplevel"]), "git rev-parse").ok().filter(|t| !t.is_empty());
+    top.into_iter().chain([git_dir, common]).map(|p| std::fs::canonicalize(p).ok()).collect()
 }
 
 /// Makes a bundle of `git_ref` of the local repository `repo` in `dir`.
@@ -161,18 +161,23 @@ mod tests {
     }
 
     #[test]
-    fn the_repository_folder_is_where_git_finds_the_repository() {
+    fn the_repository_folders_are_where_git_finds_the_repository() {
         let t = tempfile::tempdir().unwrap();
         let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(t.path()).status().unwrap().success(), "{cmd}");
         sh("git init -q r && mkdir -p r/sub/deeper && git init -q --bare b.git && mkdir plain");
         let r = std::fs::canonicalize(t.path().join("r")).unwrap();
-        assert_eq!(repository_folder(&r), Some(r.clone()));
+        let of_r = Some(vec![r.clone(), r.join(".git"), r.join(".git")]);
+        assert_eq!(repository_folders(&r), of_r);
         // A folder inside a repository is that repository.
-        assert_eq!(repository_folder(&r.join("sub/deeper")), Some(r.clone()));
+        assert_eq!(repository_folders(&r.join("sub/deeper")), of_r);
         let b = std::fs::canonicalize(t.path().join("b.git")).unwrap();
-        assert_eq!(repository_folder(&b), Some(b));
-        assert_eq!(repository_folder(&t.path().join("plain")), None);
-        assert_eq!(repository_folder(&t.path().join("missing")), None);
+        assert_eq!(repository_folders(&b), Some(vec![b.clone(), b]));
+        assert_eq!(repository_folders(&t.path().join("plain")), None);
+        assert_eq!(repository_folders(&t.path().join("missing")), None);
+        // A `.git` file naming a git folder elsewhere: that folder is one of them.
+        sh("mkdir w && echo \"gitdir: $PWD/r/.git\" > w/.git");
+        let w = std::fs::canonicalize(t.path().join("w")).unwrap();
+        assert!(repository_folders(&w).unwrap().contains(&r.join(".git")));
     }
 
     #[test]

@@ -87,8 +87,8 @@ fn repository(actor: &Actor, roots: &[PathBuf], repo: &str) -> ApiResult<String>
     if !beneath(&resolved) || !resolved.is_dir() {
         return Err(refused());
     }
-    match kiln_ci::source::repository_folder(&resolved) {
-        Some(folder) if beneath(&folder) => Ok(resolved.display().to_string()),
+    match kiln_ci::source::repository_folders(&resolved) {
+        Some(folders) if folders.iter().all(|f| beneath(f)) => Ok(resolved.display().to_string()),
         _ => Err(refused()),
     }
 }
