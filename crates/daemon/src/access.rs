@@ -114,7 +114,7 @@ pub fn egress_reach(who: &Principal, allow: &[String], clone_host: Option<String
         return Ok(());
     }
     Err(format!(
-        "reaching a non-public address needs a token with the admin scope: {}; allow public hosts by name instead,          or ask the daemon's owner (`kiln token create NAME --scope admin`)",
+        "reaching a non-public address needs a token with the admin scope: {}; allow public hosts by name instead, or ask the daemon's owner (`kiln token create NAME --scope admin`)",
         inside.join(", ")
     ))
 }
