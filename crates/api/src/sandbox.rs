@@ -71,7 +71,7 @@ pub struct SandboxInfo {
     pub cpus: u32,
     /// Memory in MiB.
     pub memory_mib: u32,
-    /// restored | cold | forked.
+    /// restored | cold | forked | pooled (restored ahead of time by the warm pool).
     pub mode: String,
     /// The sandbox it was forked from.
     pub parent: Option<String>,
@@ -139,7 +139,7 @@ impl Schema for SandboxInfo {
             "state": { "type": "string", "enum": SandboxState::ALL.map(SandboxState::as_str) },
             "created_at": { "type": "integer" }, "deadline": { "type": "integer" },
             "cpus": { "type": "integer" }, "memory_mib": { "type": "integer" },
-            "mode": { "type": "string", "enum": ["restored", "cold", "forked"] },
+            "mode": { "type": "string", "enum": ["restored", "cold", "forked", "pooled"] },
             "parent": { "type": "string", "nullable": true } } })
     }
 }

@@ -127,6 +127,7 @@ pub async fn run(a: RunArgs) -> i32 {
                 CreateMode::Cold => "cold boot".to_owned(),
                 CreateMode::Restored(s) => format!("restore from snapshot {s}"),
                 CreateMode::Forked(p) => format!("fork of {p}"),
+                CreateMode::Pooled(s) => format!("warm pool (restored from snapshot {s} ahead of time)"),
             },
             sandbox.accel(),
             sandbox.guest_kernel(),

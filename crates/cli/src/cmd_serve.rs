@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// Longest TTL a request may ask for, seconds.
     #[arg(long, default_value = "21600", value_name = "SECS")]
     max_ttl: u64,
+    /// Keep sandboxes restored ahead of time, paused, for creates to take: TEMPLATE=N, comma
+    /// separated (e.g. tiny=4,base=2; TEMPLATE:CPUSxMIB=N for another shape). They count
+    /// against --max-memory. An admin can change it: PUT /v1/pool.
+    #[arg(long, value_name = "SPEC")]
+    pool: Option<String>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; then destroys every sandbox.
@@ -91,6 +96,29 @@ pub async fn run(a: ServeArgs) -> i32 {
         }
     };
     let _reaper = manager.spawn_reaper(Duration::from_millis(500));
+    if let Some(spec) = &a.pool {
+        let entries = match kiln_daemon::pool::parse_spec(spec) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("kiln: --pool {e}");
+                return exit::USAGE;
+            }
+        };
+        let targets: Vec<kiln_api::PoolTarget> =
+            entries.iter().map(|e| kiln_api::PoolTarget { template: e.template.clone(), cpus: e.cpus, memory_mib: e.memory_mib, size: e.size }).collect();
+        match manager.set_pool(&targets, &kiln_daemon::Principal::local()) {
+            Ok(status) => {
+                for p in status.pools {
+                    eprintln!("kiln: warm pool: {} x {} ({} vCPU, {} MiB), filling in the background", p.size, p.template, p.cpus, p.memory_mib);
+                }
+            }
+            Err(e) => {
+                eprintln!("kiln: --pool: {e}");
+                return exit::USAGE;
+            }
+        }
+    }
+    let _pool = manager.spawn_pool();
     let socket = a.socket.unwrap_or_else(|| home.root().join("kiln.sock"));
     let _ = std::fs::remove_file(&socket); // stale: the lock says no daemon owns it
     let unix = match bind_owner_only(&socket) {

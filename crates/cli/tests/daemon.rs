@@ -264,3 +264,67 @@ async fn ci_run_over_tcp_fetches_the_outputs_into_out() {
     drop(d);
     th.assert_clean();
 }
+
+/// Polls the pool until `cond` holds (120 s at most: a refill is a restore).
+async fn pool_until(c: &Client, what: &str, cond: impl Fn(&kiln_client::PoolStatus) -> bool) -> kiln_client::PoolStatus {
+    for _ in 0..1200 {
+        let st = c.pool().await.unwrap();
+        if cond(&st) {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pool never got to {what}: {:?}", c.pool().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and built templates: run `make test`, or `cargo test -- --include-ignored` after `make build` and `kiln template build tiny` (and `base`)"]
+async fn warm_pool_serves_creates_refills_counts_memory_and_is_set_by_an_admin() {
+    let th = TestHome::for_daemon();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    // One sandbox at most, and memory for four tiny ones: the pool counts against memory only.
+    let d = Daemon::start(&th, &["--pool", "tiny=2", "--max-sandboxes", "1", "--max-memory", "1024", "--listen", &addr]);
+    let c = &d.client;
+    let st = pool_until(c, "2 ready", |s| s.pools.first().is_some_and(|p| p.ready == 2)).await;
+    assert_eq!((st.pools.len(), st.pools[0].template.as_str(), st.pools[0].size, st.memory_mib), (1, "tiny", 2, 512), "{st:?}");
+    assert_eq!(th.vmm_processes().len(), 2, "two pooled VMs");
+
+    // A create takes one: its hostname, clock and environment are the create's.
+    let env = [("WHO".to_owned(), "caller".to_owned())].into_iter().collect();
+    let s = c.create_sandbox(&CreateSandbox { env, ..tiny(120) }).await.unwrap();
+    assert_eq!(s.mode, "pooled");
+    let r = c.exec(&s.id, &ExecRequest::shell("hostname; echo $WHO; date +%s")).await.unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(&lines[..2], &[s.id.as_str(), "caller"], "{r:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((lines[2].parse::<i64>().unwrap() - now).abs() <= 2, "{r:?}");
+
+    // Refilled in the background; the sandbox limit counts the caller's one, not the pool.
+    pool_until(c, "refilled", |s| s.pools[0].ready == 2).await;
+    let e = c.create_sandbox(&tiny(60)).await.unwrap_err();
+    assert!(e.to_string().contains("limit is 1"), "{e}");
+    let metrics = reqwest_metrics(c).await;
+    assert!(metrics.contains("kiln_pool_hits_total 1\n"), "{metrics}");
+    assert!(metrics.contains("kiln_pool_ready{template=\"tiny\",cpus=\"1\",memory_mib=\"256\"} 2\n"), "{metrics}");
+
+    // Over the memory limit, the pool waits: 256 live + 3 x 256 pooled = 1024, no fourth.
+    let set = |size| vec![kiln_client::PoolTarget { template: "tiny".into(), cpus: None, memory_mib: None, size }];
+    c.set_pool(set(4)).await.unwrap();
+    let st = pool_until(c, "waiting for memory", |s| s.pools[0].last_error.as_deref().is_some_and(|e| e.contains("waiting for memory"))).await;
+    assert_eq!((st.pools[0].ready, st.memory_mib), (3, 768), "{st:?}");
+
+    // Only an admin sets the pool; anyone may look.
+    let o = kiln!(&th).args(["token", "create", "dev", "--scope", "trusted"]).output().unwrap();
+    let dev = Client::new(Target::Tcp(addr.clone()), Some(String::from_utf8(o.stdout).unwrap().trim().to_owned()));
+    assert!(matches!(dev.set_pool(set(0)).await, Err(ClientError::Api { status: 403, .. })));
+    assert_eq!(dev.pool().await.unwrap().pools[0].size, 4);
+
+    // Emptied: the pooled VMs are destroyed; the caller's sandbox lives on.
+    c.set_pool(Vec::new()).await.unwrap();
+    assert!(wait_until(Duration::from_secs(10), || th.vmm_processes().len() == 1), "pooled VMs left: {:?}", th.vmm_processes());
+    assert_eq!(c.exec(&s.id, &ExecRequest::shell("echo $WHO")).await.unwrap().stdout, "caller\n");
+    drop(d);
+    th.assert_clean();
+}
+

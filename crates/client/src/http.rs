@@ -169,6 +169,16 @@ impl Client {
         Ok(f.sandboxes)
     }
 
+    /// The warm pool.
+    pub async fn pool(&self) -> Result<PoolStatus, ClientError> {
+        self.call(Method::GET, "/v1/pool", None::<&()>).await
+    }
+
+    /// Sets the warm pool (the admin scope): every template and shape to keep ready.
+    pub async fn set_pool(&self, pools: Vec<PoolTarget>) -> Result<PoolStatus, ClientError> {
+        self.call(Method::PUT, "/v1/pool", Some(&SetPool { pools })).await
+    }
+
     /// Runs a CI job in the daemon; waits for its report (`kiln-ci`'s `Report`, as JSON, with
     /// the `run_id` whose files [`Client::ci_run_file`] reads).
     pub async fn ci_run(&self, request: &CiRunRequest) -> Result<serde_json::Value, ClientError> {

@@ -3,7 +3,8 @@
 
 pub use kiln_api::{
     Baked, BuildTemplate, CiRunRequest, CreateSandbox, EgressAttempt, EgressLog, ErrorBody, ErrorDetail, ExecExit, ExecRequest, ExecResult,
-    ExtendSandbox, FileInfo, FileKind, ForkSandbox, Forked, Health, OutputChunk, SandboxInfo, SandboxState, TemplateInfo,
+    ExtendSandbox, FileInfo, FileKind, ForkSandbox, Forked, Health, OutputChunk, PoolShape, PoolStatus, PoolTarget, SandboxInfo, SandboxState, SetPool,
+    TemplateInfo,
 };
 
 /// A sandbox as the API shows it (`kiln_api::SandboxInfo`).

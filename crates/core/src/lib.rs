@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod sparse;
 pub mod tunnel;
+pub mod warm;
 
 pub use agent::Agent;
 pub use error::{Fault, SandboxError};

@@ -66,6 +66,9 @@ pub enum CreateMode {
     Restored(String),
     /// Forked from a running sandbox (its id).
     Forked(String),
+    /// Restored from a baked snapshot (its folder name) ahead of time, kept paused in a warm
+    /// pool, and handed out by a create (see [`crate::warm`]).
+    Pooled(String),
 }
 
 /// Where the time of a create went.
@@ -165,6 +168,12 @@ impl Sandbox {
     /// Creates a sandbox: restored from the template's baked snapshot (baked on first use,
     /// re-baked if it is damaged or from another environment), or cold-booted with `cold`.
     pub async fn create(home: &Home, opts: &SandboxOptions, progress: Progress<'_>) -> Result<Sandbox, SandboxError> {
+        Self::create_nameless(home, opts, progress).await?.finish().await
+    }
+
+    /// [`Sandbox::create`] without the identity: the guest still has its snapshot's clock,
+    /// hostname, machine id and RNG state (which every clone of the snapshot shares).
+    pub(crate) async fn create_nameless(home: &Home, opts: &SandboxOptions, progress: Progress<'_>) -> Result<Sandbox, SandboxError> {
         let t0 = Instant::now();
         let artifacts = prepare(home, &opts.template, progress)?;
         let cpus = opts.cpus.unwrap_or(artifacts.template.cpus);
@@ -231,7 +240,7 @@ impl Sandbox {
         })?;
         let attached = attach(vm.as_ref(), opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
-        Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, CreateMode::Cold, opts.env.clone(), None).finish().await
+        Ok(Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, CreateMode::Cold, opts.env.clone(), None))
     }
 
     async fn restore(
@@ -295,10 +304,10 @@ impl Sandbox {
         let attached = attach(vm.as_ref(), opts.boot_timeout).await?;
         let timings = CreateTimings { prepare: prepare_time, boot: t_boot.elapsed(), identity: Duration::ZERO };
         let mode = CreateMode::Restored(snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, mode, opts.env.clone(), None).finish().await
+        Ok(Sandbox::assemble(id, vm, attached, spec, accel, timings, artifacts, mode, opts.env.clone(), None))
     }
 
-    async fn finish(mut self) -> Result<Sandbox, SandboxError> {
+    pub(crate) async fn finish(mut self) -> Result<Sandbox, SandboxError> {
         let t = Instant::now();
         self.set_identity().await?;
         self.timings.identity = t.elapsed();

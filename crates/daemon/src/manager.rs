@@ -125,6 +125,8 @@ pub struct Manager {
     /// (sandboxes, MiB) being created right now, counted against the limits.
     reserved: Mutex<(usize, u64)>,
     pub(crate) metrics: Metrics,
+    /// Sandboxes restored ahead of time (see [`crate::pool`]).
+    pub(crate) pool: crate::pool::Pool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -155,6 +157,7 @@ fn mode_name(m: &CreateMode) -> (String, Option<String>) {
         CreateMode::Cold => ("cold".into(), None),
         CreateMode::Restored(_) => ("restored".into(), None),
         CreateMode::Forked(p) => ("forked".into(), Some(p.clone())),
+        CreateMode::Pooled(_) => ("pooled".into(), None),
     }
 }
 
@@ -164,7 +167,11 @@ impl Manager {
     pub fn open(home: Home, limits: Limits) -> Result<Arc<Manager>, ManagerError> {
         std::fs::create_dir_all(home.root()).map_err(|source| SandboxError::Io { what: format!("create {}", home.root().display()), source })?;
         let store = Store::open(&home.root().join("kiln.db"))?;
-        let m = Arc::new(Manager { home, store, limits, live: Mutex::new(HashMap::new()), reserved: Mutex::new((0, 0)), metrics: Metrics::default() });
+        let m = Arc::new(Manager { home, store, limits, live: Mutex::new(HashMap::new()),
+            reserved: Mutex::new((0, 0)),
+            metrics: Metrics::default(),
+            pool: crate::pool::Pool::default(),
+        });
         m.reconcile()?;
         Ok(m)
     }
@@ -223,10 +230,18 @@ impl Manager {
         Ok(ttl)
     }
 
+    /// Guest memory (MiB) of the live sandboxes and of those being created.
+    pub(crate) fn memory_in_use(&self) -> u64 {
+        let live: u64 = lock(&self.live).values().map(|e| u64::from(lock(&e.info).memory_mib)).sum();
+        live + lock(&self.reserved).1
+    }
+
     /// Reserves room for `n` sandboxes of `mib` MiB each, or says which limit is in the way.
+    /// Pooled sandboxes count against the memory limit, not the count.
     fn reserve(&self, n: usize, mib: u64) -> Result<(), ManagerError> {
+        let pooled = self.pool.memory_mib();
         let live = lock(&self.live);
-        let (count, memory) = live.values().fold((0usize, 0u64), |(c, m), e| (c + 1, m + u64::from(lock(&e.info).memory_mib)));
+        let (count, memory) = live.values().fold((0usize, pooled), |(c, m), e| (c + 1, m + u64::from(lock(&e.info).memory_mib)));
         let mut r = lock(&self.reserved);
         if count + r.0 + n > self.limits.max_sandboxes {
             self.metrics.limit_refusals.inc();
@@ -239,7 +254,7 @@ impl Manager {
         if memory + r.1 + mib * n as u64 > self.limits.max_memory_mib {
             self.metrics.limit_refusals.inc();
             return Err(ManagerError::Limit(format!(
-                "{} MiB of guest memory in use or reserved, {} more requested; the limit is {} MiB (raise --max-memory)",
+                "{} MiB of guest memory in use, reserved or pooled, {} more requested; the limit is {} MiB (raise --max-memory, or pool fewer)",
                 memory + r.1,
                 mib * n as u64,
                 self.limits.max_memory_mib
@@ -315,8 +330,21 @@ impl Manager {
         let ttl = self.check_ttl(req.ttl)?;
         let egress = egress_context(&req.allow)?;
         let mib = u64::from(req.memory_mib.unwrap_or(def.vm.memory_mib));
-        self.reserve(1, mib)?;
         let t0 = Instant::now();
+        let shape = Self::shape_of(&def, req.cpus, req.memory_mib);
+        let pooled = !req.forkable && self.pool.serves(&shape);
+        let warm = if pooled { self.pool.take(&shape) } else { None };
+        if let Err(e) = self.reserve(1, mib) {
+            if let Some(w) = warm {
+                self.pool.put_back(shape, w);
+            }
+            return Err(e);
+        }
+        match (pooled, warm.is_some()) {
+            (true, true) => self.metrics.pool_hits.inc(),
+            (true, false) => self.metrics.pool_misses.inc(),
+            _ => {}
+        }
         let opts = SandboxOptions {
             template: req.template.clone(),
             cpus: req.cpus,
@@ -325,7 +353,18 @@ impl Manager {
             forkable: req.forkable,
             ..SandboxOptions::default()
         };
-        let created = Sandbox::create(&self.home, &opts, &kiln_image::quiet).await;
+        let created = match warm {
+            Some(w) => match w.claim(opts.env.clone()).await {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    // The pooled VM is gone with the error; this create restores as on a miss.
+                    self.metrics.failures.inc();
+                    let _ = self.store.event(None, "pool_claim_failed", &format!("{shape}: {}", e.with_causes()), "kiln");
+                    Sandbox::create(&self.home, &opts, &kiln_image::quiet).await
+                }
+            },
+            None => Sandbox::create(&self.home, &opts, &kiln_image::quiet).await,
+        };
         self.release(1, mib);
         let sandbox = match created {
             Ok(s) => s,
@@ -523,8 +562,10 @@ impl Manager {
         })
     }
 
-    /// Destroys every sandbox (daemon shutdown).
+    /// Destroys every sandbox, pooled ones first (daemon shutdown).
     pub async fn shutdown(&self) {
+        self.pool.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.pool.clear();
         let ids: Vec<String> = lock(&self.live).keys().cloned().collect();
         for id in ids {
             let _ = self.finish(&id, State::Stopped, "killed", "daemon shutting down", "kiln").await;
@@ -539,7 +580,7 @@ impl Manager {
     /// Prometheus text.
     pub fn metrics_text(&self) -> String {
         self.metrics.running.set(lock(&self.live).len() as i64);
-        self.metrics.render()
+        self.metrics.render() + &self.pool_metrics()
     }
 }
 

@@ -33,12 +33,12 @@ impl Gauge {
 }
 
 /// Upper bounds of the create-latency histogram, in seconds.
-pub const BUCKETS: [f64; 10] = [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0];
+pub const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0];
 
 /// A histogram with fixed buckets.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    counts: [AtomicU64; 10],
+    counts: [AtomicU64; 13],
     count: AtomicU64,
     /// Sum in microseconds.
     sum_us: AtomicU64,
@@ -74,6 +74,14 @@ pub struct Metrics {
     pub failures: Counter,
     /// Requests refused by a limit.
     pub limit_refusals: Counter,
+    /// Creates served from the warm pool.
+    pub pool_hits: Counter,
+    /// Creates of a pooled template and shape that found the pool empty.
+    pub pool_misses: Counter,
+    /// Sandboxes the pool restored.
+    pub pool_fills: Counter,
+    /// Refills that failed.
+    pub pool_fill_failures: Counter,
 }
 
 impl Metrics {
@@ -89,6 +97,10 @@ impl Metrics {
         metric("kiln_ttl_reaps_total", "counter", "Sandboxes destroyed when their TTL expired.", self.reaps.get().to_string());
         metric("kiln_failures_total", "counter", "Creates that failed and sandboxes that died.", self.failures.get().to_string());
         metric("kiln_limit_refusals_total", "counter", "Requests refused by a limit.", self.limit_refusals.get().to_string());
+        metric("kiln_pool_hits_total", "counter", "Creates served from the warm pool.", self.pool_hits.get().to_string());
+        metric("kiln_pool_misses_total", "counter", "Creates of a pooled template and shape that found the pool empty (and restored).", self.pool_misses.get().to_string());
+        metric("kiln_pool_fills_total", "counter", "Sandboxes the warm pool restored ahead of time.", self.pool_fills.get().to_string());
+        metric("kiln_pool_fill_failures_total", "counter", "Warm pool refills that failed.", self.pool_fill_failures.get().to_string());
         let h = &self.create_latency;
         s.push_str("# HELP kiln_create_seconds Time to create a sandbox.\n# TYPE kiln_create_seconds histogram\n");
         for (i, b) in BUCKETS.iter().enumerate() {

@@ -110,6 +110,25 @@ impl Home {
     pub fn run(&self) -> &Path {
         &self.run
     }
+
+    /// A home of its own at `root` (an existing, empty folder): its own state database,
+    /// socket and run folder (`root/run`), sharing this home's artifacts (blobs, kernels,
+    /// templates, snapshots and their locks, through links) and its RAM folder. For a second
+    /// daemon on one host (tests, `kiln bench`), which must not see the first one's state.
+    pub fn sharing_artifacts(&self, root: &Path) -> std::io::Result<Home> {
+        for sub in ["store", "kernels", "templates", "snapshots", "locks"] {
+            std::fs::create_dir_all(self.root.join(sub))?;
+            std::os::unix::fs::symlink(self.root.join(sub), root.join(sub))?;
+        }
+        if let Err(e) = std::fs::copy(self.root.join("accel-probe.json"), root.join("accel-probe.json")) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+        }
+        let run = root.join("run");
+        std::fs::create_dir_all(&run)?;
+        Ok(Home::at(root, run).with_shm(&self.shm))
+    }
 }
 
 fn default_shm(root: &Path) -> PathBuf {

@@ -15,6 +15,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod meta;
 pub mod openapi;
+pub mod pool;
 pub mod route;
 pub mod routes;
 pub mod sandboxes;

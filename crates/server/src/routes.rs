@@ -6,11 +6,11 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 use kiln_api::{
     Baked, BuildTemplate, CiRunRequest, CreateSandbox, EgressLog, ErrorDetail, ExecExit, ExecRequest, ExecResult, ExtendSandbox, FileInfo, ForkSandbox,
-    Forked, Health, OutputChunk, SandboxInfo, TemplateInfo,
+    Forked, Health, OutputChunk, PoolStatus, SandboxInfo, SetPool, TemplateInfo,
 };
 
 use crate::route::{json, json_optional, list, one, r, shape, Answer, Body, Param, Route, Shape};
-use crate::{auth, ci, exec, files, meta, openapi, sandboxes, templates, AppState};
+use crate::{auth, ci, exec, files, meta, openapi, pool, sandboxes, templates, AppState};
 
 const PATH: Param = Param { name: "path", required: true, ty: "string" };
 const MODE: Param = Param { name: "mode", required: false, ty: "integer" };
@@ -31,6 +31,10 @@ pub const ROUTES: &[Route] = &[
         .takes(json_optional::<BuildTemplate>())
         .answers(200, one::<TemplateInfo>()),
     r("POST", "/v1/templates/{name}/bake", "bakeTemplate", "Bake a template's snapshot", || post(templates::bake)).answers(200, one::<Baked>()),
+    r("GET", "/v1/pool", "getPool", "The warm pool: templates and shapes kept ready, hits and misses", || get(pool::get)).answers(200, one::<PoolStatus>()),
+    r("PUT", "/v1/pool", "setPool", "Set the warm pool (admin): every template and shape to keep ready", || put(pool::set))
+        .takes(json::<SetPool>())
+        .answers(200, one::<PoolStatus>()),
     r("POST", "/v1/ci/runs", "ciRun", "Run a CI job (kiln ci run) in the daemon; the report", || post(ci::run))
         .takes(json::<CiRunRequest>())
         .answers(200, Answer::Object("the run's report, as `kiln ci run --json` prints it, with its run_id")),

@@ -29,12 +29,19 @@ pub enum Boot {
     Restored,
     /// A clone forked from a running (restored, forkable) sandbox, which is then destroyed.
     Forked,
+    /// Restored ahead of time, warmed and paused as the daemon's warm pool keeps it, left
+    /// there for [`POOL_WAIT`], then claimed.
+    Pooled,
 }
 
 impl Boot {
     /// Every way, for tests that must hold for each.
-    pub const ALL: [Boot; 3] = [Boot::Cold, Boot::Restored, Boot::Forked];
+    pub const ALL: [Boot; 4] = [Boot::Cold, Boot::Restored, Boot::Forked, Boot::Pooled];
 }
+
+/// How long a [`Boot::Pooled`] sandbox waits in its pool before it is claimed: long enough
+/// that a clock or state left from the pool would show.
+pub const POOL_WAIT: Duration = Duration::from_millis(1500);
 
 /// A home for one test: the shared artifact cache (built once per machine), and a run folder
 /// of its own so leaks can be checked without seeing other tests' VMs.
@@ -65,21 +72,14 @@ impl TestHome {
     /// A home of its own (state database, socket, run folder) that shares every artifact of
     /// the machine's cache, snapshots included: for daemon tests.
     pub fn for_daemon() -> TestHome {
-        let shared = Home::from_env();
         let root = tempfile::Builder::new().prefix("kd-").tempdir_in("/tmp").expect("temp home");
-        for sub in ["store", "kernels", "templates", "snapshots", "locks"] {
-            let _ = std::fs::create_dir_all(shared.root().join(sub));
-            std::os::unix::fs::symlink(shared.root().join(sub), root.path().join(sub)).expect("link shared artifacts");
-        }
-        let _ = std::fs::copy(shared.root().join("accel-probe.json"), root.path().join("accel-probe.json"));
-        let run = root.path().join("run");
-        std::fs::create_dir_all(&run).expect("run folder");
-        let home = Home::at(root.path(), &run).with_shm(shared.shm());
+        let home = Home::from_env().sharing_artifacts(root.path()).expect("a home sharing the artifacts");
         TestHome { home, _tmp: root }
     }
 
-    /// A sandbox of `template` in the given way: cold-booted, or restored from its snapshot
-    /// (baked on first use). Tests of guest behaviour run against both (`Boot::ALL`).
+    /// A sandbox of `template` in the given way: cold-booted, restored from its snapshot
+    /// (baked on first use), forked, or pooled. Tests of guest behaviour run against each
+    /// (`Boot::ALL`).
     pub async fn sandbox(&self, template: &str, how: Boot) -> Sandbox {
         let opts = SandboxOptions {
             template: template.into(),
@@ -87,7 +87,13 @@ impl TestHome {
             forkable: how == Boot::Forked,
             ..SandboxOptions::default()
         };
-        let mut sbx = Sandbox::create(&self.home, &opts, &|m| eprintln!("kiln: {m}")).await.expect("sandbox starts");
+        let mut sbx = if how == Boot::Pooled {
+            let warm = kiln_core::warm::Warm::prepare(&self.home, &opts, &|m| eprintln!("kiln: {m}")).await.expect("pooled sandbox restores");
+            tokio::time::sleep(POOL_WAIT).await;
+            warm.claim(opts.env.clone()).await.expect("pooled sandbox is claimed")
+        } else {
+            Sandbox::create(&self.home, &opts, &|m| eprintln!("kiln: {m}")).await.expect("sandbox starts")
+        };
         if how == Boot::Forked {
             let mut clones = sbx.fork(&self.home, 1).await.expect("fork");
             sbx.destroy();
@@ -97,6 +103,7 @@ impl TestHome {
             CreateMode::Cold => Boot::Cold,
             CreateMode::Restored(_) => Boot::Restored,
             CreateMode::Forked(_) => Boot::Forked,
+            CreateMode::Pooled(_) => Boot::Pooled,
         };
         assert_eq!(mode, how, "asked for {how:?}, got {:?}", sbx.mode());
         sbx
