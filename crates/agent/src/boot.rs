@@ -92,6 +92,7 @@ pub fn boot() {
     mount_all(&KERNEL_FS);
     mount_all(&RUNTIME_FS);
     mount_cgroup2();
+    crate::cgroup::Cgroup::prepare();
     dev_links();
     if let Err(e) = loopback_up() {
         log!("bring up lo: {e}");

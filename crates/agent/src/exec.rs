@@ -65,7 +65,7 @@ pub fn run(ctx: &ExecCtx, job: Job) {
             return reply(msg);
         }
     };
-    let cgroup = Cgroup::create(id, gen).map(Arc::new);
+    let cgroup = Cgroup::create().map(Arc::new);
     let mut cmd = command::build(&spec.command, &env, &cwd, stdin.is_some());
     isolate(&mut cmd, cgroup.as_ref().and_then(|c| c.procs_path()));
     let (mut child, status_pipe) = match ctx.reaper.spawn(&mut cmd) {
@@ -73,9 +73,7 @@ pub fn run(ctx: &ExecCtx, job: Job) {
         Err(e) => {
             ctx.execs.remove(gen, id);
             reply(command::spawn_error(id, &spec.command, &e));
-            if let Some(cgroup) = cgroup {
-                cgroup.remove();
-            }
+            release(cgroup);
             return;
         }
     };
@@ -112,8 +110,16 @@ pub fn run(ctx: &ExecCtx, job: Job) {
         timed_out: end.timed_out,
         duration_ms: end.exited_at.duration_since(start).as_millis() as u64,
     });
-    if let Some(cgroup) = cgroup {
-        cgroup.remove();
+    release(cgroup);
+}
+
+/// Hands an exec's cgroup back once the exec's table entry (its other holder) is gone.
+fn release(cgroup: Option<Arc<Cgroup>>) {
+    match cgroup.map(Arc::try_unwrap) {
+        Some(Ok(c)) => c.release(),
+        // Still held a moment (a signal being sent): not reused.
+        Some(Err(c)) => c.remove(),
+        None => {}
     }
 }
 

@@ -22,6 +22,9 @@ pub enum BenchCmd {
     Exec(ExecArgs),
     /// N sandboxes under exec and file load: throughput, latency vs one alone, memory, leaks.
     Load(crate::cmd_bench_load::LoadArgs),
+    /// Time to interactive: create, the first result of `true`, destroy; over the API with and
+    /// without the warm pool, and through `kiln run`.
+    Tti(crate::cmd_bench_tti::TtiArgs),
 }
 
 /// `kiln bench create`.
@@ -35,6 +38,10 @@ pub struct CreateArgs {
     /// Cold boots to measure (default: as many as restores).
     #[arg(long)]
     cold: Option<usize>,
+    /// Also measure creates over the API from a warm pool of N sandboxes (a daemon in this
+    /// process, on a home of its own; each create waits for the pool to be full again).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pool: Option<u32>,
 }
 
 /// `kiln bench fork`.
@@ -65,6 +72,7 @@ pub async fn run(cmd: BenchCmd) -> i32 {
         BenchCmd::Fork(a) => (a.common.json, fork(&home, &a).await),
         BenchCmd::Exec(a) => (a.common.json, exec(&home, &a).await),
         BenchCmd::Load(a) => return crate::cmd_bench_load::run(&home, &a).await,
+        BenchCmd::Tti(a) => (a.common.json, crate::cmd_bench_tti::tti(&home, &a).await),
     };
     match result {
         Ok(v) => {
@@ -105,9 +113,10 @@ async fn create(home: &Home, a: &CreateArgs) -> Result<serde_json::Value, Sandbo
     eprintln!();
     let r = summary(restore);
     let c = summary(cold);
-    let ratio = r["p50_ms"].as_f64().unwrap_or(f64::NAN) / c["p50_ms"].as_f64().unwrap_or(f64::NAN);
-    let tail = r["p99_ms"].as_f64().unwrap_or(f64::NAN) / r["p50_ms"].as_f64().unwrap_or(f64::NAN);
-    Ok(json!({
+    let p50 = |v: &serde_json::Value| v["p50_ms"].as_f64().unwrap_or(f64::NAN);
+    let ratio = p50(&r) / p50(&c);
+    let tail = r["p99_ms"].as_f64().unwrap_or(f64::NAN) / p50(&r);
+    let mut v = json!({
         "title": format!("kiln bench create: template {template}, spawn to first agent reply"),
         "rows": ["restore", "restore_total", "cold_boot"],
         "restore": r,
@@ -120,7 +129,77 @@ async fn create(home: &Home, a: &CreateArgs) -> Result<serde_json::Value, Sandbo
             format!("restore p99 / p50 = {tail:.2}; target <= 2"),
             "restore_total = the whole create (artifact checks, overlay, spawn, state load, first reply, identity)".to_string(),
         ],
-    }))
+    });
+    if let Some(n) = a.pool {
+        let p = pooled_creates(home, template, n as usize, a.count).await?;
+        let pool = summary(p.creates);
+        let ratio = p50(&pool) / p50(&v["cold_boot"]);
+        v["rows"].as_array_mut().expect("rows").insert(0, json!("pool"));
+        let lines = v["summary"].as_array_mut().expect("summary");
+        lines.insert(0, json!(format!(
+            "pool p50 {:.1} ms, p99 {:.1} ms (targets <= 10 and <= 25 ms); cold boot p50 / pool p50 = {:.0}x (target >= 150x)",
+            p50(&pool), pool["p99_ms"].as_f64().unwrap_or(f64::NAN), 1.0 / ratio
+        )));
+        lines.push(json!(format!(
+            "pool = POST /v1/sandboxes to its answer, from a pool of {n} (a daemon in this process; {} misses); \
+             QEMU CPU while waiting: paused {:.1} ms/s each, idle (running) {:.1} ms/s",
+            p.misses, p.paused_cpu_ms_per_s, p.idle_cpu_ms_per_s
+        )));
+        v["pool"] = pool;
+        v["ratio_pool_to_cold_p50"] = json!(ratio);
+        v["pool_misses"] = json!(p.misses);
+        v["pool_paused_cpu_ms_per_s"] = json!(p.paused_cpu_ms_per_s);
+        v["idle_cpu_ms_per_s"] = json!(p.idle_cpu_ms_per_s);
+    }
+    Ok(v)
+}
+
+/// What creating from a warm pool took.
+struct Pooled {
+    creates: Vec<f64>,
+    misses: usize,
+    paused_cpu_ms_per_s: f64,
+    idle_cpu_ms_per_s: f64,
+}
+
+/// `count` creates over the API from a pool of `n`, each once the pool is full, and the CPU a
+/// pooled (paused) VM uses against a restored one left idle (running).
+async fn pooled_creates(home: &Home, template: &str, n: usize, count: usize) -> Result<Pooled, SandboxError> {
+    let d = crate::bench_daemon::BenchDaemon::start(home).await?;
+    let r = async {
+        d.set_pool(template, n).await?;
+        let wait = Duration::from_secs(600);
+        d.pool_full(wait).await?;
+        let window = Duration::from_secs(2);
+        let pids = kiln_core::leaks::processes_mentioning(d.run_dir());
+        let before = kiln_core::leaks::cpu_ms(&pids);
+        tokio::time::sleep(window).await;
+        let paused = (kiln_core::leaks::cpu_ms(&pids) - before) / window.as_secs_f64() / pids.len().max(1) as f64;
+        let mut creates = Vec::new();
+        let mut misses = 0;
+        let api = |e: kiln_client::ClientError| SandboxError::Unexpected(format!("the benchmark's daemon: {e}"));
+        for i in 0..count {
+            d.pool_full(wait).await?;
+            let t = Instant::now();
+            let s = d.client.create_sandbox(&kiln_client::CreateSandbox { template: template.into(), ..Default::default() }).await.map_err(api)?;
+            creates.push(ms(t.elapsed()));
+            misses += usize::from(s.mode != "pooled");
+            d.client.delete_sandbox(&s.id).await.map_err(api)?;
+            eprint!("\rkiln: creates from the pool {}/{count}", i + 1);
+        }
+        eprintln!();
+        d.set_pool(template, 0).await?;
+        // The baseline: a restored sandbox left idle, its guest running.
+        let s = Sandbox::create(home, &opts(template), &progress).await?;
+        let before = kiln_core::leaks::cpu_ms(&[s.vmm_pid()]);
+        tokio::time::sleep(window).await;
+        let idle = (kiln_core::leaks::cpu_ms(&[s.vmm_pid()]) - before) / window.as_secs_f64();
+        s.destroy();
+        Ok(Pooled { creates, misses, paused_cpu_ms_per_s: paused, idle_cpu_ms_per_s: idle })
+    }
+    .await;
+    d.stop().await;
+    r
 }
 
 async fn fork(home: &Home, a: &ForkArgs) -> Result<serde_json::Value, SandboxError> {

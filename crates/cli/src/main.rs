@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 mod bench_common;
+mod bench_daemon;
 mod cmd_bench;
 mod cmd_bench_load;
+mod cmd_bench_tti;
 mod cmd_ci;
 mod cmd_doctor;
 mod cmd_gitlab;

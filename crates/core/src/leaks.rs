@@ -143,6 +143,23 @@ pub fn vmm_cgroups_of(pid: u32) -> Vec<PathBuf> {
     }
 }
 
+/// CPU time (user and system, ms) the processes `pids` used so far.
+pub fn cpu_ms(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name, which ends at the last ')'.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        * 1000.0
+        / tick
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -321,15 +321,19 @@ impl Sandbox {
 
     /// Sends the sandbox's identity: clock, fresh entropy, hostname, machine id, environment.
     pub async fn set_identity(&self) -> Result<(), SandboxError> {
-        let identity = Identity {
+        let r = self.agent.set_identity(self.identity()).await;
+        self.map_err(r).await
+    }
+
+    /// The identity to send now: the clock, fresh entropy, hostname, machine id, environment.
+    pub(crate) fn identity(&self) -> Identity {
+        Identity {
             unix_time_ns: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos(),
             entropy: crate::random::bytes(64),
             hostname: self.id.clone(),
             machine_id: self.machine_id.clone(),
             env: self.env.clone(),
-        };
-        let r = self.agent.set_identity(identity).await;
-        self.map_err(r).await
+        }
     }
 
     /// The unix socket of the VM's egress tunnel port (see [`crate::tunnel`]).

@@ -98,6 +98,12 @@ async fn timeout_kills_in(how: Boot) {
     assert_eq!((out.as_str(), o.exit_code()), ("started\n", 0));
     let out = sh(&sbx, "ps -o pid,args | grep 'sleep 777' | grep -v grep || true").await.stdout;
     assert_eq!(out.trim(), "");
+    // The emptied cgroup of a command is the next one's, with nothing of the last one in it.
+    let first = sh(&sbx, "cat /proc/self/cgroup").await.stdout;
+    let c = sh(&sbx, "cat /proc/self/cgroup; for p in $(cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cgroup.procs); do cat /proc/$p/comm; done").await;
+    let lines: Vec<&str> = c.stdout.lines().collect();
+    assert_eq!(lines[0], first.trim(), "cgroup not reused: {}", c.stdout);
+    assert!(lines[1..].iter().all(|l| ["sh", "cat", "cut"].contains(l)), "someone else in the reused cgroup: {}", c.stdout);
     sbx.destroy();
     th.assert_clean();
 }
