@@ -32,7 +32,10 @@ use crate::artifacts::BootArtifacts;
 use crate::error::SandboxError;
 
 /// Version of the snapshot folder layout and metadata.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
+
+/// Execs of `true` in the guest before it is saved (see `bake_into`).
+const WARM_EXECS: usize = 2;
 /// The files of a snapshot that are checksummed.
 pub const FILES: [&str; 3] = ["memory", "state", "disk.qcow2"];
 
@@ -477,6 +480,16 @@ async fn bake_into(
     };
     let mut vm = default_driver().launch(spec)?;
     let (agent, _info, _died) = crate::attach::attach(vm.as_ref(), boot_timeout).await?;
+    // The exec path once, so that the guest state it leaves (the agent's and the command's
+    // pages mapped and cached, the kernel's caches of processes filled) is in the snapshot
+    // and a sandbox's first command does not make it afresh. Nothing of a job's: kiln's own
+    // `true`, before any identity or secret exists.
+    for _ in 0..WARM_EXECS {
+        let o = agent.exec(crate::exec::ExecRequest::argv(["true"]).timeout(boot_timeout), |_| {}).await?;
+        if o.exit_code() != 0 {
+            return Err(SandboxError::Protocol(format!("`true` exited {} while baking the snapshot", o.exit_code())));
+        }
+    }
     // Flush the guest's dirty pages now, or every clone would inherit and rewrite them.
     agent.sync().await?;
     vm.pause().await?;
