@@ -57,3 +57,16 @@ pub fn prepare(home: &Home, template: &str, progress: Progress<'_>) -> Result<Bo
     let rootfs_path = Store::new(home.store()).get(&built.rootfs, false)?;
     Ok(BootArtifacts { def, template: built, kernel, kernel_path, initramfs, initrd_path, rootfs_path })
 }
+
+/// [`prepare`] for a template that must already be built and unchanged since: never builds
+/// (a build runs the template's commands as root), and says what to do instead.
+pub fn prepare_built(home: &Home, template: &str, progress: Progress<'_>) -> Result<BootArtifacts, SandboxError> {
+    let def = TemplateDef::find(template)?;
+    match BuiltTemplate::load(home, &def.name) {
+        Some(t) if Some(&t.source_digest) == def.source_digest.as_ref() => prepare(home, template, progress),
+        _ => Err(SandboxError::Invalid(format!(
+            "template {} is not built (or changed since it was built); build it first: `kiln template build {}`",
+            def.name, def.name
+        ))),
+    }
+}

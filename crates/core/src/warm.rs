@@ -38,11 +38,13 @@ pub struct Warm {
 
 impl Warm {
     /// Restores a sandbox of `opts` (never cold, never forkable: a forkable sandbox has RAM of
-    /// its own that a pool would have to copy ahead of time), warms it and pauses it.
+    /// its own that a pool would have to copy ahead of time), warms it and pauses it. The
+    /// template must be built: a pool never builds one (the snapshot is baked if it must be).
     pub async fn prepare(home: &Home, opts: &SandboxOptions, progress: Progress<'_>) -> Result<Warm, SandboxError> {
         if opts.cold || opts.forkable {
             return Err(SandboxError::Invalid("a pooled sandbox is restored from a snapshot, neither cold-booted nor forkable".into()));
         }
+        crate::artifacts::prepare_built(home, &opts.template, progress)?;
         let opts = SandboxOptions { env: Vec::new(), ..opts.clone() };
         let mut sandbox = Sandbox::create_nameless(home, &opts, progress).await?;
         // kiln's own paths, before anything of a job's: the identity code and the exec path
@@ -129,7 +131,7 @@ impl Warm {
 /// if it is baked: a pooled sandbox restored from another is stale (the template, the agent
 /// or QEMU changed since).
 pub fn current_snapshot(home: &Home, template: &str, accel: kiln_vmm::Accel, cpus: u32, memory_mib: u32) -> Option<String> {
-    let artifacts = crate::artifacts::prepare(home, template, &kiln_image::quiet).ok()?;
+    let artifacts = crate::artifacts::prepare_built(home, template, &kiln_image::quiet).ok()?;
     let expected = crate::snapshot::Expected::new(&artifacts, crate::sandbox::qemu_version().ok()?, accel, cpus, memory_mib);
     let snap = crate::snapshot::find(home, &expected).ok()?;
     Some(snap.dir.file_name()?.to_string_lossy().into_owned())

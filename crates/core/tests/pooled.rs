@@ -68,6 +68,13 @@ async fn a_pooled_sandbox_is_not_forkable_nor_cold() {
         let e = Warm::prepare(&th.home, &opts, &|_| {}).await.unwrap_err();
         assert!(e.to_string().contains("restored from a snapshot"), "{e}");
     }
+    // A pool never builds a template (a build runs its commands as root): one not built is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let def = dir.path().join("kiln-pool-unbuilt.toml");
+    std::fs::write(&def, "description = \"never built\"\n[rootfs]\nkind = \"busybox\"\nsize_mib = 64\n").unwrap();
+    let opts = SandboxOptions { template: def.display().to_string(), ..SandboxOptions::default() };
+    let e = Warm::prepare(&th.home, &opts, &|_| {}).await.unwrap_err();
+    assert!(e.to_string().contains("not built") && e.to_string().contains("kiln template build"), "{e}");
     // A pooled sandbox that died while it waited says so, and claiming it fails cleanly.
     let w = Warm::prepare(&th.home, &SandboxOptions::default(), &|_| {}).await.unwrap();
     // SAFETY: kill has no memory effects; the pid is this test's own VMM.

@@ -25,7 +25,7 @@ mod tests {
     #[test]
     fn bodies_parse_or_fail_cleanly() {
         let names: Vec<&str> = json_routes().map(|r| r.op).collect();
-        assert_eq!(names, ["buildTemplate", "ciRun", "createSandbox", "extendSandbox", "forkSandbox", "exec", "execStream"]);
+        assert_eq!(names, ["buildTemplate", "setPool", "ciRun", "createSandbox", "extendSandbox", "forkSandbox", "exec", "execStream"]);
         let create = json_routes().find(|r| r.op == "createSandbox").unwrap();
         assert!(parse_body(create, b"{\"template\":\"tiny\"}").is_ok());
         assert!(parse_body(create, b"{\"template\":\"tiny\",\"bogus\":1}").is_err());
