@@ -220,6 +220,14 @@ impl Dir {
     }
 }
 
+impl AsFd for Dir {
+    /// The folder's descriptor, for `*at` calls on single names in it (a caller that resolves
+    /// a name itself must not follow a symlink: use `AT_SYMLINK_NOFOLLOW` or its equivalent).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }

@@ -11,6 +11,7 @@ pub mod home;
 pub mod initramfs;
 pub mod kernel;
 pub mod lock;
+pub mod oci;
 pub mod registry;
 pub mod rootfs;
 pub mod store;
