@@ -25,6 +25,8 @@
 mod at;
 mod error;
 mod layers;
+mod reference;
+pub mod remote;
 #[cfg(test)]
 mod tests;
 mod zstd;
@@ -34,6 +36,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 pub use error::OciError;
+pub use reference::{BadReference, Reference};
 
 /// How a layer's tar stream is compressed (from its media type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
