@@ -17,7 +17,7 @@ QEMU_MIN=8.2
 QEMU_PKGS="qemu-system-x86 qemu-utils"
 # The firmware and data that the backported QEMU needs from the same suite.
 QEMU_PIN="qemu-system-x86 qemu-system-common qemu-system-data qemu-utils qemu-block-extra seabios"
-OTHER_PKGS="e2fsprogs mmdebstrap dpkg apt ca-certificates git cpio python3 python3-pytest"
+OTHER_PKGS="e2fsprogs mmdebstrap dpkg apt ca-certificates git cpio python3 python3-pytest docker-registry skopeo umoci"
 
 say() { echo "kiln deps: $*" >&2; }
 die() { echo "kiln deps: error: $*" >&2; exit 1; }

@@ -16,13 +16,39 @@ const DEFAULT_ENV: [(&str, &str); 3] = [
     ("LANG", "C.UTF-8"),
 ];
 
-/// The defaults, then the sandbox's environment, then the exec's own: a later entry replaces an
-/// earlier one with the same name in place. Names that are empty or contain `=` or NUL are
-/// dropped (they cannot be expressed in an environment).
-pub fn compose_env(sandbox: &[(String, String)], spec: &[(String, String)]) -> Vec<(String, String)> {
+/// The file of the root filesystem that holds its own defaults (`NAME=value` lines: an OCI
+/// image's environment, the variables that point tools at extra CAs), written when the
+/// template was built.
+const IMAGE_ENV_FILE: &str = "/etc/kiln/env";
+/// The most of it that is read, and the most entries taken.
+const IMAGE_ENV_MAX: u64 = 64 << 10;
+const IMAGE_ENV_ENTRIES: usize = 512;
+
+/// The root filesystem's defaults from [`IMAGE_ENV_FILE`], read once (it is part of the
+/// template, so it never changes under a running guest); a missing or unreadable file is none.
+pub fn image_env() -> &'static [(String, String)] {
+    static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut bytes = Vec::new();
+        if let Ok(f) = std::fs::File::open(IMAGE_ENV_FILE) {
+            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(f, IMAGE_ENV_MAX), &mut bytes);
+        }
+        parse_env_file(&String::from_utf8_lossy(&bytes))
+    })
+}
+
+/// `NAME=value` lines; others are skipped.
+fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).take(IMAGE_ENV_ENTRIES).collect()
+}
+
+/// The defaults, then the root filesystem's, then the sandbox's environment, then the exec's
+/// own: a later entry replaces an earlier one with the same name in place. Names that are
+/// empty or contain `=` or NUL are dropped (they cannot be expressed in an environment).
+pub fn compose_env(image: &[(String, String)], sandbox: &[(String, String)], spec: &[(String, String)]) -> Vec<(String, String)> {
     let defaults = DEFAULT_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string()));
     let mut env: Vec<(String, String)> = Vec::new();
-    for (k, v) in defaults.chain(sandbox.iter().cloned()).chain(spec.iter().cloned()) {
+    for (k, v) in defaults.chain(image.iter().cloned()).chain(sandbox.iter().cloned()).chain(spec.iter().cloned()) {
         if k.is_empty() || k.contains(['=', '\0']) {
             continue;
         }
@@ -100,16 +126,22 @@ mod tests {
     fn env_layers_override_in_order() {
         let sandbox = pairs(&[("HOME", "/home/ci"), ("CI", "true"), ("TOKEN", "a")]);
         let spec = pairs(&[("TOKEN", "b"), ("PATH", "/opt/bin"), ("X", "")]);
-        let env = compose_env(&sandbox, &spec);
+        let env = compose_env(&[], &sandbox, &spec);
         assert_eq!(
             env,
             pairs(&[("PATH", "/opt/bin"), ("HOME", "/home/ci"), ("LANG", "C.UTF-8"), ("CI", "true"), ("TOKEN", "b"), ("X", "")])
+        );
+        let image = parse_env_file("PATH=/usr/local/go/bin:/usr/bin\nGOPATH=/go\nnot an entry\nCI=image\n");
+        let env = compose_env(&image, &sandbox, &[]);
+        assert_eq!(
+            env,
+            pairs(&[("PATH", "/usr/local/go/bin:/usr/bin"), ("HOME", "/home/ci"), ("LANG", "C.UTF-8"), ("GOPATH", "/go"), ("CI", "true"), ("TOKEN", "a")])
         );
     }
 
     #[test]
     fn env_defaults_and_bad_names() {
-        let env = compose_env(&[], &pairs(&[("", "x"), ("A=B", "y"), ("N\0UL", "z")]));
+        let env = compose_env(&[], &[], &pairs(&[("", "x"), ("A=B", "y"), ("N\0UL", "z")]));
         assert_eq!(env, pairs(&DEFAULT_ENV));
     }
 

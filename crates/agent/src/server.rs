@@ -199,7 +199,7 @@ impl Server {
         if !self.ctx.execs.insert(gen, id, tx) {
             return self.reply(error(id, ErrorKind::Protocol, format!("request id {id} is already in use")));
         }
-        let env = command::compose_env(&self.sandbox_env, &spec.env);
+        let env = command::compose_env(command::image_env(), &self.sandbox_env, &spec.env);
         let job = Job { gen, id, spec, env, stdin: rx };
         let ctx = self.ctx.clone();
         if spawn(format!("exec-{id}"), move || guarded("an exec", || exec::run(&ctx, job))).is_none() {

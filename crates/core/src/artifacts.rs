@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use kiln_image::store::{Digest, Store};
+use kiln_image::template::RootfsKind;
 use kiln_image::{initramfs, rootfs, BuiltTemplate, Home, Kernel, Progress, TemplateDef};
 
 use crate::error::SandboxError;
@@ -44,6 +45,9 @@ pub fn prepare(home: &Home, template: &str, progress: Progress<'_>) -> Result<Bo
     let def = TemplateDef::find(template)?;
     let (kernel, kernel_path, initramfs, initrd_path) = kernel_and_initramfs(home, progress)?;
     let built = match BuiltTemplate::load(home, &def.name) {
+        // An image's tag may have moved since: `build` asks the registry (and keeps using
+        // this build when the registry cannot be reached).
+        Some(t) if Some(&t.source_digest) == def.source_digest.as_ref() && def.rootfs.kind == RootfsKind::Oci => rootfs::build(home, &def, false, progress).unwrap_or(t),
         Some(t) if Some(&t.source_digest) == def.source_digest.as_ref() => t,
         Some(_) => {
             progress(&format!("template {} changed since it was built; rebuilding", def.name));

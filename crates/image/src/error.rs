@@ -46,6 +46,24 @@ pub enum ImageError {
     /// A stored artifact is missing or does not match its digest.
     #[error("artifact {0} is missing or damaged in the store; rebuild it (`kiln template build --force`)")]
     Damaged(String),
+    /// An OCI image could not be pulled.
+    #[error("image {reference}: {source}")]
+    Pull {
+        /// The image.
+        reference: String,
+        /// Why.
+        #[source]
+        source: crate::oci::remote::PullError,
+    },
+    /// An OCI image's layers were refused or could not be applied.
+    #[error("image {reference}: {source}")]
+    Layers {
+        /// The image.
+        reference: String,
+        /// Why.
+        #[source]
+        source: crate::oci::OciError,
+    },
     /// The agent binary could not be found.
     #[error("the guest agent binary was not found (looked in: {0}); build it with `make build` or set KILN_AGENT")]
     NoAgent(String),

@@ -7,6 +7,7 @@ pub mod atomic;
 pub mod cpio;
 pub mod deb;
 pub mod error;
+pub mod guest_tree;
 pub mod home;
 pub mod initramfs;
 pub mod kernel;
@@ -20,7 +21,7 @@ pub mod template;
 pub use error::ImageError;
 pub use home::Home;
 pub use kernel::Kernel;
-pub use registry::BuiltTemplate;
+pub use registry::{BuiltTemplate, ImageOrigin};
 pub use store::{Digest, Store};
 pub use template::TemplateDef;
 

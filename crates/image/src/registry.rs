@@ -30,10 +30,28 @@ pub struct BuiltTemplate {
     pub cpus: u32,
     /// Default memory in MiB.
     pub memory_mib: u32,
+    /// For templates made from an OCI image: which image, by manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageOrigin>,
+}
+
+/// The OCI image a template was made from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageOrigin {
+    /// The reference as the template names it.
+    pub reference: String,
+    /// The digest of the linux/amd64 image manifest it resolved to.
+    pub manifest: Digest,
 }
 
 fn record_path(home: &Home, name: &str) -> PathBuf {
     home.templates().join(format!("{name}.json"))
+}
+
+/// Where the build of template `name` from file `source` and image `manifest` is remembered,
+/// so that an image digest is never built twice (a tag that moves back finds its old build).
+fn image_record_path(home: &Home, name: &str, source: &Digest, manifest: &Digest) -> PathBuf {
+    home.templates().join("images").join(format!("{name}-{}-{}.json", &source.hex()[..16], manifest.hex()))
 }
 
 impl BuiltTemplate {
@@ -61,10 +79,24 @@ impl BuiltTemplate {
         v
     }
 
-    /// Saves the record.
+    /// Saves the record (and, for an image's build, the record by image digest).
     pub fn save(&self, home: &Home) -> Result<()> {
         std::fs::create_dir_all(home.templates()).map_err(ImageError::io("create", home.templates()))?;
-        write_atomic(&record_path(home, &self.name), &serde_json::to_vec_pretty(self).expect("record serializes"))
+        let bytes = serde_json::to_vec_pretty(self).expect("record serializes");
+        if let Some(img) = &self.image {
+            let p = image_record_path(home, &self.name, &self.source_digest, &img.manifest);
+            let dir = p.parent().expect("a folder");
+            std::fs::create_dir_all(dir).map_err(ImageError::io("create", dir))?;
+            write_atomic(&p, &bytes)?;
+        }
+        write_atomic(&record_path(home, &self.name), &bytes)
+    }
+
+    /// The build of template `name` from file `source` and image `manifest`, if there was one
+    /// and its image is still in the store.
+    pub fn load_image_build(home: &Home, name: &str, source: &Digest, manifest: &Digest) -> Option<BuiltTemplate> {
+        let t: BuiltTemplate = serde_json::from_slice(&std::fs::read(image_record_path(home, name, source, manifest)).ok()?).ok()?;
+        (t.name == name && Store::new(home.store()).contains(&t.rootfs)).then_some(t)
     }
 
     /// Now, in seconds since the epoch.
@@ -78,5 +110,6 @@ pub fn kind_name(k: RootfsKind) -> &'static str {
     match k {
         RootfsKind::Busybox => "busybox",
         RootfsKind::Debian => "debian",
+        RootfsKind::Oci => "oci",
     }
 }

@@ -10,21 +10,53 @@ use std::time::Instant;
 use crate::deb::{self, run_tool};
 use crate::error::{ImageError, Result};
 use crate::lock::FileLock;
-use crate::registry::BuiltTemplate;
+use crate::oci::remote::{self, PullLimits, Resolved};
+use crate::oci::{self, Reference, Usage};
+use crate::registry::{BuiltTemplate, ImageOrigin};
 use crate::store::Store;
 use crate::template::{RootfsKind, TemplateDef};
-use crate::{Home, Progress};
+use crate::{guest_tree, Home, Progress};
 
 /// Builds `def` unless an image built from the same file is already stored (`force` rebuilds).
+/// A template made from an OCI image is first resolved at its registry: a tag that moved is
+/// built anew, and a manifest digest built before (from the same file) is never built again.
+/// When the registry cannot be reached, an earlier build of the same file is used, with a note.
 pub fn build(home: &Home, def: &TemplateDef, force: bool, progress: Progress<'_>) -> Result<BuiltTemplate> {
     let source = def.source_digest.clone().expect("parsed templates have a digest");
-    let up_to_date = |t: &BuiltTemplate| t.source_digest == source && !force;
+    let pinned = def.rootfs.image.as_deref().is_some_and(|i| i.contains("@sha256:"));
+    if pinned && !force {
+        // A digest names one image forever: no need to ask the registry again.
+        let same = |t: &BuiltTemplate| t.source_digest == source && t.image.as_ref().is_some_and(|i| Some(&i.reference) == def.rootfs.image.as_ref());
+        if let Some(t) = BuiltTemplate::load(home, &def.name).filter(same) {
+            return Ok(t);
+        }
+    }
+    let image = match def.rootfs.kind {
+        RootfsKind::Oci => match resolve_image(def) {
+            Ok(r) => Some(r),
+            Err(e) => match BuiltTemplate::load(home, &def.name).filter(|t| t.source_digest == source && t.image.is_some() && !force) {
+                Some(t) => {
+                    progress(&format!("{e}; using the earlier build of {}", t.image.as_ref().map(|i| i.manifest.to_string()).unwrap_or_default()));
+                    return Ok(t);
+                }
+                None => return Err(e),
+            },
+        },
+        _ => None,
+    };
+    let manifest = image.as_ref().map(|r| r.manifest_digest.clone());
+    let up_to_date = |t: &BuiltTemplate| t.source_digest == source && t.image.as_ref().map(|i| &i.manifest) == manifest.as_ref() && !force;
     if let Some(t) = BuiltTemplate::load(home, &def.name).filter(up_to_date) {
         return Ok(t);
     }
     let _lock = FileLock::acquire(&home.locks().join(format!("template-{}.lock", def.name)))?;
-    if let Some(t) = BuiltTemplate::load(home, &def.name).filter(|t| t.source_digest == source) {
-        if !force {
+    if let Some(t) = BuiltTemplate::load(home, &def.name).filter(up_to_date) {
+        return Ok(t);
+    }
+    if let (Some(m), false) = (&manifest, force) {
+        if let Some(t) = BuiltTemplate::load_image_build(home, &def.name, &source, m) {
+            progress(&format!("template {}: image {} was built before; using that build", def.name, m.short()));
+            t.save(home)?;
             return Ok(t);
         }
     }
@@ -32,7 +64,7 @@ pub fn build(home: &Home, def: &TemplateDef, force: bool, progress: Progress<'_>
     let work = home.tmp().join(format!("build-{}-{}", def.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(ImageError::io("create", &work))?;
-    let result = build_in(home, def, &work, progress);
+    let result = build_in(home, def, image.as_ref(), &work, progress);
     let _ = std::fs::remove_dir_all(&work);
     let built = result?;
     progress(&format!(
@@ -45,8 +77,39 @@ pub fn build(home: &Home, def: &TemplateDef, force: bool, progress: Progress<'_>
     Ok(built)
 }
 
-fn build_in(home: &Home, def: &TemplateDef, work: &Path, progress: Progress<'_>) -> Result<BuiltTemplate> {
+/// The manifest an OCI template's image names now.
+fn resolve_image(def: &TemplateDef) -> Result<Resolved> {
+    let text = def.rootfs.image.as_deref().unwrap_or_default();
+    let reference = Reference::parse(text).map_err(|e| ImageError::BadTemplate { path: def.name.clone().into(), detail: e.to_string() })?;
+    remote::resolve(&reference, &PullLimits::default()).map_err(|source| ImageError::Pull { reference: text.to_owned(), source })
+}
+
+/// Pulls the resolved image and applies its layers onto `tree`; returns the image's
+/// environment and the bytes and entries its layers hold.
+fn image_tree(home: &Home, resolved: &Resolved, tree: &Path, progress: Progress<'_>) -> Result<(Vec<String>, Usage)> {
+    let reference = resolved.reference.to_string();
+    let pinned = Reference { digest: Some(resolved.manifest_digest.clone()), ..resolved.reference.clone() };
+    let pulled = remote::pull(&pinned, &Store::new(home.store()), &home.tmp(), &PullLimits::default(), progress)
+        .map_err(|source| ImageError::Pull { reference: reference.clone(), source })?;
+    let mut files = Vec::new();
+    for (path, compression) in &pulled.layers {
+        files.push((std::fs::File::open(path).map_err(ImageError::io("open layer", path))?, *compression));
+    }
+    std::fs::create_dir(tree).map_err(ImageError::io("create", tree))?;
+    let usage = oci::apply_layers(tree, files, &oci::Limits::default()).map_err(|source| ImageError::Layers { reference, source })?;
+    Ok((pulled.config.config.env, usage))
+}
+
+/// An OCI template's image size: what the layers hold, a block per entry, and room to build.
+fn auto_size_mib(usage: &Usage) -> u32 {
+    let mib = (usage.bytes >> 20) * 5 / 4 + ((usage.entries * 4096) >> 20) + 1024;
+    mib.min(65536) as u32
+}
+
+fn build_in(home: &Home, def: &TemplateDef, image: Option<&Resolved>, work: &Path, progress: Progress<'_>) -> Result<BuiltTemplate> {
     let tree = work.join("tree");
+    let mut size_mib = def.rootfs.size_mib;
+    let mut image_env = Vec::new();
     match def.rootfs.kind {
         RootfsKind::Busybox => {
             progress("[1/4] fetching busybox-static with apt-get download");
@@ -57,9 +120,19 @@ fn build_in(home: &Home, def: &TemplateDef, work: &Path, progress: Progress<'_>)
             progress(&format!("[1/4] mmdebstrap {suite} ({} extra packages); this takes a minute or two", def.rootfs.packages.len()));
             debian_tree(def, &suite, &tree)?;
         }
+        RootfsKind::Oci => {
+            let resolved = image.expect("OCI templates are resolved first");
+            progress(&format!("[1/4] pulling {} ({})", resolved.reference, resolved.manifest_digest.short()));
+            let (env, usage) = image_tree(home, resolved, &tree, progress)?;
+            progress(&format!("      applied {} layers: {} entries, {} MiB", resolved.layers.len(), usage.entries, usage.bytes >> 20));
+            image_env = env;
+            if size_mib == 0 {
+                size_mib = auto_size_mib(&usage);
+            }
+        }
     }
-    progress("[2/4] adding files and running build commands");
-    add_files(def, &tree)?;
+    progress("[2/4] adding files and what the guest needs, running build commands");
+    guest_tree::finish(&tree, def, &image_env)?;
     for cmd in &def.run {
         progress(&format!("      run: {cmd}"));
         run_tool(
@@ -73,7 +146,7 @@ fn build_in(home: &Home, def: &TemplateDef, work: &Path, progress: Progress<'_>)
             "chroot is part of coreutils",
         )?;
     }
-    progress(&format!("[3/4] mkfs.ext4 ({} MiB)", def.rootfs.size_mib));
+    progress(&format!("[3/4] mkfs.ext4 ({size_mib} MiB)"));
     let img = work.join("rootfs.img");
     run_tool(
         Command::new("mkfs.ext4")
@@ -82,7 +155,7 @@ fn build_in(home: &Home, def: &TemplateDef, work: &Path, progress: Progress<'_>)
             .arg("-d")
             .arg(&tree)
             .arg(&img)
-            .arg(format!("{}M", def.rootfs.size_mib)),
+            .arg(format!("{size_mib}M")),
         "install e2fsprogs (apt-get install e2fsprogs)",
     )?;
     progress("[4/4] storing the image by digest");
@@ -97,6 +170,7 @@ fn build_in(home: &Home, def: &TemplateDef, work: &Path, progress: Progress<'_>)
         built_at: BuiltTemplate::now(),
         cpus: def.vm.cpus,
         memory_mib: def.vm.memory_mib,
+        image: image.map(|r| ImageOrigin { reference: def.rootfs.image.clone().unwrap_or_default(), manifest: r.manifest_digest.clone() }),
     };
     built.save(home)?;
     Ok(built)
@@ -197,18 +271,4 @@ fn debian_tree(def: &TemplateDef, suite: &str, tree: &Path) -> Result<()> {
         return Err(ImageError::Tool { tool: "mmdebstrap".into(), detail: format!("exited with {status}; its messages are above") });
     }
     mkdirs(tree, &["newroot"])
-}
-
-fn add_files(def: &TemplateDef, tree: &Path) -> Result<()> {
-    for f in &def.files {
-        let path = tree.join(f.path.trim_start_matches('/'));
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(ImageError::io("create", parent))?;
-        }
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, &f.content).map_err(ImageError::io("write", &path))?;
-        let mode = u32::from_str_radix(&f.mode, 8).unwrap_or(0o644);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(ImageError::io("chmod", &path))?;
-    }
-    Ok(())
 }

@@ -29,9 +29,12 @@ pub struct TemplateDef {
     /// Files to place into the tree.
     #[serde(default)]
     pub files: Vec<FileDef>,
-    /// Commands run in a chroot of the tree at build time.
+    /// Commands run in a chroot of the tree at build time (not for OCI images).
     #[serde(default)]
     pub run: Vec<String>,
+    /// Certificates the guest trusts besides its own store.
+    #[serde(default)]
+    pub tls: TlsDef,
     /// The template's name (from its file name).
     #[serde(skip)]
     pub name: String,
@@ -64,6 +67,17 @@ pub enum RootfsKind {
     Busybox,
     /// A Debian tree by mmdebstrap.
     Debian,
+    /// The layers of an OCI image from a registry.
+    Oci,
+}
+
+/// Extra certificate authorities for the guest's trust store.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsDef {
+    /// PEM files on the build host, added to the guest's trust store at build time.
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// Root filesystem recipe.
@@ -72,8 +86,12 @@ pub enum RootfsKind {
 pub struct RootfsDef {
     /// Builder.
     pub kind: RootfsKind,
-    /// Image size in MiB.
+    /// Image size in MiB (for `oci`, 0 or absent: what the image holds plus room to build).
+    #[serde(default)]
     pub size_mib: u32,
+    /// The image reference (`oci`): `HOST[:PORT]/NAME:TAG` or `…@sha256:DIGEST`.
+    #[serde(default)]
+    pub image: Option<String>,
     /// Debian suite (default: the host's).
     #[serde(default)]
     pub suite: Option<String>,
@@ -141,8 +159,32 @@ impl TemplateDef {
         if !(64..=65536).contains(&self.vm.memory_mib) {
             return bad(format!("vm.memory_mib must be 64..=65536, not {}", self.vm.memory_mib));
         }
-        if !(16..=65536).contains(&self.rootfs.size_mib) {
+        let auto_size = self.rootfs.kind == RootfsKind::Oci && self.rootfs.size_mib == 0;
+        if !auto_size && !(16..=65536).contains(&self.rootfs.size_mib) {
             return bad(format!("rootfs.size_mib must be 16..=65536, not {}", self.rootfs.size_mib));
+        }
+        match (self.rootfs.kind, &self.rootfs.image) {
+            (RootfsKind::Oci, None) => return bad("rootfs.image is required for kind = \"oci\" (HOST[:PORT]/NAME:TAG)".into()),
+            (RootfsKind::Oci, Some(image)) => {
+                if let Err(e) = crate::oci::Reference::parse(image) {
+                    return bad(format!("rootfs.image: {e}"));
+                }
+                if !self.run.is_empty() {
+                    return bad("run is not allowed with kind = \"oci\": it would run the image's programs on the build host as root; \
+                                put such steps in the image itself, or in the job's --setup"
+                        .into());
+                }
+                if !self.rootfs.packages.is_empty() || self.rootfs.suite.is_some() || self.rootfs.variant.is_some() {
+                    return bad("rootfs.packages, suite and variant are for kind = \"debian\"; an OCI image brings its own userland".into());
+                }
+            }
+            (_, Some(_)) => return bad("rootfs.image is only for kind = \"oci\"".into()),
+            (_, None) => {}
+        }
+        for ca in &self.tls.ca_files {
+            if !ca.is_absolute() {
+                return bad(format!("tls.ca_files: {} must be an absolute path on the build host", ca.display()));
+            }
         }
         for f in &self.files {
             if !f.path.starts_with('/') || f.path.split('/').any(|c| c == "..") {
@@ -228,6 +270,26 @@ mod tests {
         assert!(e.to_string().contains(".."), "{e}");
         let e = TemplateDef::parse("t", &format!("[vm]\ncpus = 0\nmemory_mib = 256\n{base}"), Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("cpus"), "{e}");
+        let e = TemplateDef::parse("t", "[rootfs]\nkind = \"busybox\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("size_mib"), "{e}");
+    }
+
+    #[test]
+    fn oci_templates() {
+        let ok = "[rootfs]\nkind = \"oci\"\nimage = \"127.0.0.1:5000/team/app:1\"\n";
+        let t = TemplateDef::parse("t", ok, Path::new("x")).unwrap();
+        assert_eq!((t.rootfs.kind, t.rootfs.size_mib), (RootfsKind::Oci, 0));
+        for (text, says) in [
+            ("[rootfs]\nkind = \"oci\"\n", "rootfs.image is required"),
+            ("[rootfs]\nkind = \"oci\"\nimage = \"app:1\"\n", "HOST[:PORT]/NAME"),
+            (&format!("run = [\"true\"]\n{ok}") as &str, "run is not allowed"),
+            (&format!("{ok}packages = [\"curl\"]\n"), "brings its own userland"),
+            ("[rootfs]\nkind = \"busybox\"\nsize_mib = 64\nimage = \"h.test/a:1\"\n", "only for kind"),
+            (&format!("{ok}[tls]\nca_files = [\"ca.pem\"]\n"), "absolute path"),
+        ] {
+            let e = TemplateDef::parse("t", text, Path::new("x")).unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Test support for kiln's integration tests: a kiln home that shares the artifact cache but
 //! has its own short run folder, sandbox fixtures, leak checks (over `kiln_core::leaks`, which
 //! `kiln bench load` uses too), the `kiln` command of a test ([`kiln!`]), a `kiln serve`
-//! fixture ([`Daemon`]) and an exec helper ([`exec()`]).
+//! fixture ([`Daemon`]), an exec helper ([`exec()`]) and OCI images on a loopback registry
+//! ([`oci`]).
 #![forbid(unsafe_code)]
 
 mod command;
 mod daemon;
 mod exec;
+pub mod oci;
 
 pub use command::kiln;
 pub use daemon::Daemon;

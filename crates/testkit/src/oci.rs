@@ -1,0 +1,159 @@
+//! OCI images for tests: a registry on loopback (Debian's `docker-registry`, storing in a
+//! temporary folder), and images made with `umoci` layer by layer and pushed with `skopeo`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A `docker-registry` serving on `127.0.0.1:port`, ended (by its pid) on drop.
+pub struct LocalRegistry {
+    /// Its port.
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    /// Starts a registry with empty storage and waits until it answers `GET /v2/`.
+    pub fn start() -> LocalRegistry {
+        let dir = tempfile::Builder::new().prefix("kreg-").tempdir().expect("registry folder");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let cfg = dir.path().join("config.yml");
+        let storage = dir.path().join("storage");
+        std::fs::write(
+            &cfg,
+            format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n", storage.display()),
+        )
+        .expect("registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry; `make test` installs it)");
+        let reg = LocalRegistry { port, child, dir };
+        let up = crate::wait_until(Duration::from_secs(30), || http_status(port, "/v2/") == Some(200));
+        assert!(up, "docker-registry did not answer on 127.0.0.1:{port}: {}", std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap_or_default());
+        reg
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where the registry keeps the blob of this sha256 hex digest (to damage it in tests).
+    pub fn blob_path(&self, hex: &str) -> PathBuf {
+        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a plain `GET path` on `127.0.0.1:port`.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// An OCI image layout being made, one layer at a time.
+pub struct ImageLayout {
+    dir: tempfile::TempDir,
+    tag: String,
+}
+
+impl ImageLayout {
+    /// An image with no layers yet, tagged `tag` in its layout.
+    pub fn new(tag: &str) -> ImageLayout {
+        let dir = tempfile::Builder::new().prefix("koci-").tempdir().expect("layout folder");
+        let l = ImageLayout { dir, tag: tag.to_owned() };
+        run(Command::new("umoci").args(["init", "--layout"]).arg(l.layout()));
+        run(Command::new("umoci").args(["new", "--image"]).arg(l.image()));
+        l
+    }
+
+    fn layout(&self) -> PathBuf {
+        self.dir.path().join("layout")
+    }
+
+    fn image(&self) -> String {
+        format!("{}:{}", self.layout().display(), self.tag)
+    }
+
+    /// Adds a layer: `change` edits the image's tree as the layers so far left it (what it
+    /// removes becomes a whiteout).
+    pub fn layer(&self, change: impl FnOnce(&Path)) -> &Self {
+        let bundle = self.dir.path().join("bundle");
+        let _ = std::fs::remove_dir_all(&bundle);
+        run(Command::new("umoci").args(["unpack", "--image"]).arg(self.image()).arg(&bundle));
+        change(&bundle.join("rootfs"));
+        run(Command::new("umoci").args(["repack", "--image"]).arg(self.image()).arg(&bundle));
+        std::fs::remove_dir_all(&bundle).expect("remove bundle");
+        self
+    }
+
+    /// Adds an uncompressed tar stream verbatim as the next layer (for hostile layers).
+    pub fn raw_layer(&self, tar: &[u8]) -> &Self {
+        let file = self.dir.path().join("raw-layer.tar");
+        std::fs::write(&file, tar).expect("write layer");
+        run(Command::new("umoci").args(["raw", "add-layer", "--image"]).arg(self.image()).arg(&file));
+        self
+    }
+
+    /// Sets the image config's environment.
+    pub fn env(&self, vars: &[&str]) -> &Self {
+        let mut c = Command::new("umoci");
+        c.args(["config", "--image"]).arg(self.image());
+        for v in vars {
+            c.arg(format!("--config.env={v}"));
+        }
+        run(&mut c);
+        self
+    }
+
+    /// Pushes the image to `registry` as `name:tag`; returns the reference.
+    pub fn push(&self, registry: &LocalRegistry, name_tag: &str) -> String {
+        let reference = format!("{}/{name_tag}", registry.addr());
+        run(Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}", self.image()))
+            .arg(format!("docker://{reference}")));
+        reference
+    }
+}
+
+/// Puts Debian's static busybox into `root` as `/bin/busybox`, with `/bin/sh` and common
+/// applets as symlinks to it: a userland for test images.
+pub fn busybox_userland(root: &Path) {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    let bin = DEB.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kiln-test-busybox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        kiln_image::deb::fetch_and_unpack("busybox-static", &dir).expect("busybox-static").join("bin/busybox")
+    });
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::copy(bin, root.join("bin/busybox")).expect("copy busybox");
+    for applet in ["sh", "cat", "echo", "ls", "env", "id", "stat", "test", "true", "mkdir", "rm", "printf", "readlink", "grep", "wc", "head", "sleep", "uname", "wget", "ln"] {
+        std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(applet)).expect("applet link");
+    }
+}
+
+fn run(c: &mut Command) {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (`make test` installs umoci and skopeo)"));
+    assert!(out.status.success(), "{c:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
