@@ -79,6 +79,9 @@ pub struct Expected {
     pub initramfs: Digest,
     /// Rootfs digest.
     pub rootfs: Digest,
+    /// For a template made from an OCI image: the image's manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Digest>,
     /// QEMU version line.
     pub qemu: String,
     /// Accelerator.
@@ -98,6 +101,7 @@ impl Expected {
             kernel: a.kernel.vmlinuz.clone(),
             initramfs: a.initramfs.clone(),
             rootfs: a.template.rootfs.clone(),
+            image: a.template.image.as_ref().map(|i| i.manifest.clone()),
             qemu,
             accel,
             cpus,
@@ -108,12 +112,13 @@ impl Expected {
     /// The folder name: template name plus a digest of everything that must match.
     pub fn dir_name(&self) -> String {
         let key = format!(
-            "{SNAPSHOT_FORMAT}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            "{SNAPSHOT_FORMAT}|{}|{}|{}|{}|{}{}|{}|{}|{}|{}|{}",
             self.template,
             self.template_source.hex(),
             self.kernel.hex(),
             self.initramfs.hex(),
             self.rootfs.hex(),
+            self.image.as_ref().map_or(String::new(), |d| format!("|image {}", d.hex())),
             self.qemu,
             self.accel,
             self.cpus,
@@ -526,6 +531,7 @@ mod tests {
             kernel: d.clone(),
             initramfs: d.clone(),
             rootfs: d,
+            image: None,
             qemu: "QEMU 7.2".into(),
             accel: Accel::Tcg,
             cpus: 1,
