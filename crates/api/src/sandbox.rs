@@ -81,8 +81,15 @@ pub struct SandboxInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
-    /// Template name.
+    /// Template name (or give `image`).
+    #[serde(default)]
     pub template: String,
+    /// An OCI image to boot instead of a template (`HOST[:PORT]/NAME:TAG` or `…@sha256:…`):
+    /// the daemon makes a template of it the first time (per image digest) and reuses it after.
+    /// Allowed when the reference matches one of the daemon's `--images` patterns, or for the
+    /// admin scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Time to live; the daemon's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,
@@ -147,8 +154,10 @@ impl Schema for SandboxInfo {
 impl Schema for CreateSandbox {
     const NAME: &'static str = "CreateSandbox";
     fn schema() -> Value {
-        json!({ "type": "object", "required": ["template"], "properties": {
-            "template": { "type": "string" }, "ttl_seconds": { "type": "integer", "minimum": 1 },
+        json!({ "type": "object", "description": "exactly one of template and image", "properties": {
+            "template": { "type": "string" },
+            "image": { "type": "string", "description": "an OCI image reference, HOST[:PORT]/NAME:TAG or HOST[:PORT]/NAME@sha256:DIGEST" },
+            "ttl_seconds": { "type": "integer", "minimum": 1 },
             "cpus": { "type": "integer" }, "memory_mib": { "type": "integer" },
             "env": { "type": "object", "additionalProperties": { "type": "string" } },
             "forkable": { "type": "boolean" },

@@ -54,14 +54,16 @@ fn create_extend_fork() {
     let c = CreateSandbox { template: "tiny".into(), ttl_seconds: Some(300), ..Default::default() };
     assert_eq!(json(&c), serde_json::json!({ "template": "tiny", "ttl_seconds": 300, "env": {}, "forkable": false }));
     pin::<CreateSandbox>(
-        r#"{"template":"tiny","ttl_seconds":300,"cpus":2,"memory_mib":512,"env":{"K":"V"},"forkable":true,"allow":["pypi.org:443"]}"#,
+        r#"{"template":"tiny","image":"127.0.0.1:5000/a:1","ttl_seconds":300,"cpus":2,"memory_mib":512,"env":{"K":"V"},"forkable":true,"allow":["mirror.example.test:443"]}"#,
         true,
     );
     // What the server takes: only the template is required; unknown fields are refused.
     let c: CreateSandbox = serde_json::from_str(r#"{"template":"tiny"}"#).unwrap();
     assert_eq!(c, CreateSandbox { template: "tiny".into(), ..Default::default() });
     assert!(serde_json::from_str::<CreateSandbox>(r#"{"template":"tiny","bogus":1}"#).unwrap_err().to_string().contains("bogus"));
-    assert!(serde_json::from_str::<CreateSandbox>("{}").is_err());
+    // Or an image instead (the server refuses neither or both).
+    let c: CreateSandbox = serde_json::from_str(r#"{"image":"127.0.0.1:5000/team/app:1"}"#).unwrap();
+    assert_eq!((c.template.as_str(), c.image.as_deref()), ("", Some("127.0.0.1:5000/team/app:1")));
 
     assert_eq!(pin::<ExtendSandbox>(r#"{"ttl_seconds":600}"#, true).ttl_seconds, 600);
     assert!(serde_json::from_str::<ExtendSandbox>("{}").is_err());
@@ -149,7 +151,7 @@ fn ci_run() {
     assert!(r.cache_key_digests.is_empty());
     pin::<CiRunRequest>(
         r#"{"repo":"/src","ref":"main","build":"make","setup":null,"timeout_seconds":60,"template":"base","secrets":{"TOKEN":"x"},
-            "setup_secrets":false,"allow":["pypi.org"],"cache_keys":["/src/Cargo.lock"],"cache_key_digests":[],"trusted":true,
+            "setup_secrets":false,"allow":["mirror.example.test"],"cache_keys":["/src/Cargo.lock"],"cache_key_digests":[],"trusted":true,
             "matrix":{"rust":["1.87","stable"]},"artifacts":["target/*.tar"],"out":"/out","parallel":2}"#,
         true,
     );

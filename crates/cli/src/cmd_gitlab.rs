@@ -59,6 +59,27 @@ fn sandbox_id() -> Result<(PathBuf, String), String> {
     Ok((f, id.trim().to_owned()))
 }
 
+/// The job's `image:` (`CUSTOM_ENV_CI_JOB_IMAGE`), if it names one and the runner's
+/// `KILN_GITLAB_IMAGES` patterns (comma separated, `*` matches anything) allow it. A job without
+/// an image gets `KILN_GITLAB_TEMPLATE`; an image that is not allowed fails the job.
+fn job_image() -> Result<Option<String>, String> {
+    let Some(image) = std::env::var("CUSTOM_ENV_CI_JOB_IMAGE").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let reference = kiln_image::oci::Reference::parse(&image).map_err(|e| format!("the job's image: {e}"))?;
+    let canonical = reference.to_string();
+    let patterns = std::env::var("KILN_GITLAB_IMAGES").unwrap_or_default();
+    let patterns: Vec<&str> = patterns.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if !patterns.iter().any(|p| kiln_image::oci::pattern_matches(p, &canonical)) {
+        return Err(format!(
+            "the job's image {canonical} is not allowed on this runner: it matches none of KILN_GITLAB_IMAGES ({}); \
+             add a pattern for it to KILN_GITLAB_IMAGES in the runner's environment, or drop `image:` from the job to use the default template",
+            if patterns.is_empty() { "unset".to_owned() } else { patterns.join(", ") }
+        ));
+    }
+    Ok(Some(canonical))
+}
+
 /// Runs a stage.
 pub async fn run(cmd: GitlabCmd) -> i32 {
     let client = Client::from_env();
@@ -79,10 +100,17 @@ pub async fn run(cmd: GitlabCmd) -> i32 {
                 Ok(f) => f,
                 Err(m) => return system_failure(m),
             };
-            let template = std::env::var("KILN_GITLAB_TEMPLATE").unwrap_or_else(|_| "base".into());
+            let (template, image) = match job_image() {
+                Ok(Some(image)) => (String::new(), Some(image)),
+                Ok(None) => (std::env::var("KILN_GITLAB_TEMPLATE").unwrap_or_else(|_| "base".into()), None),
+                Err(m) => return system_failure(m),
+            };
             let ttl = std::env::var("CUSTOM_ENV_CI_JOB_TIMEOUT").ok().and_then(|v| v.parse::<i64>().ok()).unwrap_or(3600) + 300;
             let allow: Vec<String> = std::env::var("KILN_GITLAB_ALLOW").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-            let req = CreateSandbox { template, ttl_seconds: Some(ttl), allow, ..Default::default() };
+            if let Some(i) = &image {
+                eprintln!("kiln: job image {i}: building its template the first time (pull and unpack), reusing it after");
+            }
+            let req = CreateSandbox { template, image, ttl_seconds: Some(ttl), allow, ..Default::default() };
             match client.create_sandbox(&req).await {
                 Ok(s) => {
                     if let Err(e) = std::fs::write(&f, &s.id) {
@@ -110,7 +138,9 @@ pub async fn run(cmd: GitlabCmd) -> i32 {
                 return system_failure(e);
             }
             let proxy = format!("http://{}", kiln_proto::tunnel::GUEST_PROXY_ADDR);
-            let mut req = ExecRequest::argv(vec!["bash".into(), guest]);
+            // bash when the image has it, else sh (as GitLab's docker executor does).
+            let pick = "if command -v bash >/dev/null 2>&1; then exec bash \"$0\"; else exec sh \"$0\"; fi";
+            let mut req = ExecRequest::argv(vec!["/bin/sh".into(), "-c".into(), pick.into(), guest]);
             for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                 req.env.insert(k.into(), proxy.clone());
             }

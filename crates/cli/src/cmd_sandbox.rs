@@ -51,6 +51,10 @@ pub struct CreateArgs {
     /// Template.
     #[arg(long, short = 't', default_value = "tiny")]
     template: String,
+    /// Boot this OCI image instead of a template (HOST[:PORT]/NAME:TAG): the daemon makes a
+    /// template of it the first time. Needs a pattern of `kiln serve --images`, or an admin token.
+    #[arg(long, value_name = "REF", conflicts_with = "template")]
+    image: Option<String>,
     /// Seconds until the daemon destroys it (default: the daemon's).
     #[arg(long)]
     ttl: Option<i64>,
@@ -130,7 +134,7 @@ pub async fn run(cmd: SandboxCmd) -> i32 {
                         return Ok(exit::USAGE);
                     }
                 };
-                let req = CreateSandbox { template: a.template, ttl_seconds: a.ttl, cpus: a.cpus, memory_mib: a.memory, env, forkable: a.forkable, allow: a.allow };
+                let req = CreateSandbox { template: if a.image.is_some() { String::new() } else { a.template }, image: a.image, ttl_seconds: a.ttl, cpus: a.cpus, memory_mib: a.memory, env, forkable: a.forkable, allow: a.allow };
                 let s = client.create_sandbox(&req).await?;
                 if a.json {
                     println!("{}", serde_json::to_string_pretty(&s).expect("json"));

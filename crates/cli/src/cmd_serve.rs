@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// against --max-memory. An admin can change it: PUT /v1/pool.
     #[arg(long, value_name = "SPEC")]
     pool: Option<String>,
+    /// OCI images any token may boot (a create with "image" instead of "template"), as
+    /// patterns where `*` matches anything, e.g. '127.0.0.1:5000/ci/*'. Repeatable. Other
+    /// images need the admin scope. The first create of an image digest pulls and builds it.
+    #[arg(long = "images", value_name = "PATTERN")]
+    images: Vec<String>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; then destroys every sandbox.
@@ -87,6 +92,7 @@ pub async fn run(a: ServeArgs) -> i32 {
         max_memory_mib: a.max_memory,
         default_ttl: Duration::from_secs(a.default_ttl.max(1)),
         max_ttl: Duration::from_secs(a.max_ttl.max(1)),
+        images: a.images.clone(),
     };
     let manager = match Manager::open(home.clone(), limits) {
         Ok(m) => m,

@@ -62,3 +62,40 @@ fn four_stages_like_gitlab_runner() {
     drop(daemon);
     th.assert_clean();
 }
+
+#[test]
+#[ignore = "boots VMs; needs docker-registry, umoci and skopeo (make test installs them)"]
+fn a_job_image_is_booted_when_the_runner_allows_it() {
+    use kiln_testkit::oci::{busybox_userland, ImageLayout, LocalRegistry};
+    let th = TestHome::for_daemon();
+    let daemon = Daemon::start(kiln!(&th), &th, &[]);
+    let reg = LocalRegistry::start();
+    let img = ImageLayout::new("1");
+    img.layer(|root| {
+        busybox_userland(root);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/job-image"), "the job's own image\n").unwrap();
+    });
+    let reference = img.push(&reg, "ci/job:1");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("build_script");
+    std::fs::write(&script, "cat /etc/job-image\n").unwrap();
+    let job = |id: &'static str, patterns: &'static str| vec![("CUSTOM_ENV_CI_JOB_ID", id), ("CUSTOM_ENV_CI_JOB_IMAGE", reference.as_str()), ("KILN_GITLAB_IMAGES", patterns)];
+
+    // Not on the runner's allowlist: the job fails before any VM, naming the allowlist.
+    let o = stage(&th, &daemon, &["prepare"], &job("5150", "127.0.0.1:*/other/*"));
+    assert_eq!(o.status.code(), Some(88), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("KILN_GITLAB_IMAGES") && err.contains(&reference), "{err}");
+
+    // Allowed: the job's image is the VM (built the first time), and its script runs in it.
+    let env = job("5151", "127.0.0.1:*/ci/*");
+    let o = stage(&th, &daemon, &["prepare"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = stage(&th, &daemon, &["run", script.to_str().unwrap(), "build_script"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "the job's own image\n");
+    assert_eq!(stage(&th, &daemon, &["cleanup"], &env).status.code(), Some(0));
+    drop(daemon);
+    th.assert_clean();
+}

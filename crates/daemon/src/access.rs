@@ -166,7 +166,7 @@ mod tests {
     fn only_admins_reach_non_public_addresses() {
         let pr = Principal::token("pr", Scope::Trusted);
         let allow = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(egress_reach(&pr, &allow(&["pypi.org:443", "*.example.com", "93.184.216.34"]), Some("example.com:443".into())).is_ok());
+        assert!(egress_reach(&pr, &allow(&["mirror.example.test:443", "*.example.com", "93.184.216.34"]), Some("example.com:443".into())).is_ok());
         for (entries, clone) in [(vec!["127.0.0.1:7777"], None), (vec!["[::1]"], None), (vec!["10.0.0.5:22"], None), (vec![], Some("192.168.1.2:80"))] {
             let e = egress_reach(&pr, &allow(&entries), clone.map(str::to_owned)).unwrap_err();
             assert!(e.contains("admin scope") && e.contains("non-public"), "{entries:?}: {e}");

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod pool;
+mod images;
 mod pool_manager;
 pub mod store;
 pub mod tokens;

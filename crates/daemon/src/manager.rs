@@ -30,11 +30,13 @@ pub struct Limits {
     pub default_ttl: Duration,
     /// Longest TTL a request may ask for.
     pub max_ttl: Duration,
+    /// Image references (patterns with `*`) that any token may boot; others need the admin scope.
+    pub images: Vec<String>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_sandboxes: 32, max_memory_mib: 16 * 1024, default_ttl: Duration::from_secs(600), max_ttl: Duration::from_secs(6 * 3600) }
+        Limits { max_sandboxes: 32, max_memory_mib: 16 * 1024, default_ttl: Duration::from_secs(600), max_ttl: Duration::from_secs(6 * 3600), images: Vec::new() }
     }
 }
 
@@ -81,6 +83,8 @@ pub struct CreateRequest {
     pub forkable: bool,
     /// Egress allowlist (`HOST[:PORT]` entries); empty: no egress at all.
     pub allow: Vec<String>,
+    /// An OCI image to boot instead of `template`.
+    pub image: Option<String>,
 }
 
 pub(crate) struct Entry {
@@ -326,7 +330,16 @@ impl Manager {
             let _ = self.store.event(None, "denied", &format!("create: {m}"), actor);
             return Err(ManagerError::Forbidden(m));
         }
-        let def = self.template(&req.template, who)?;
+        let (def, template) = match &req.image {
+            None => (self.template(&req.template, who)?, req.template.clone()),
+            Some(image) => {
+                if !req.template.is_empty() {
+                    return Err(ManagerError::Invalid("name a template or an image, not both".into()));
+                }
+                let path = self.image_template(image, who).await?;
+                (kiln_image::TemplateDef::find(&path).map_err(SandboxError::from)?, path)
+            }
+        };
         let ttl = self.check_ttl(req.ttl)?;
         let egress = egress_context(&req.allow)?;
         let mib = u64::from(req.memory_mib.unwrap_or(def.vm.memory_mib));
@@ -346,7 +359,7 @@ impl Manager {
             _ => {}
         }
         let opts = SandboxOptions {
-            template: req.template.clone(),
+            template,
             cpus: req.cpus,
             memory_mib: req.memory_mib,
             env: req.env,
@@ -370,7 +383,7 @@ impl Manager {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.failures.inc();
-                let _ = self.store.event(None, "create_failed", &format!("{}: {e}", req.template), actor);
+                let _ = self.store.event(None, "create_failed", &format!("{}: {e}", def.name), actor);
                 return Err(e.into());
             }
         };

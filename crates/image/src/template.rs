@@ -140,6 +140,16 @@ pub fn search_path() -> Vec<PathBuf> {
     v
 }
 
+/// The template kiln makes for an OCI image named by a job or an API request: its name
+/// (`image-` and 16 hex digits of the reference's digest) and its text (the image as it is,
+/// 2 vCPUs and 1024 MiB).
+pub fn for_image(reference: &crate::oci::Reference) -> (String, String) {
+    let r = reference.to_string();
+    let name = format!("image-{}", &Digest::of_bytes(r.as_bytes()).hex()[..16]);
+    let text = format!("# Made by kiln for the OCI image {r}.\ndescription = \"OCI image {r}\"\n\n[vm]\ncpus = 2\nmemory_mib = 1024\n\n[rootfs]\nkind = \"oci\"\nimage = \"{r}\"\n");
+    (name, text)
+}
+
 impl TemplateDef {
     /// Parses a template's text.
     pub fn parse(name: &str, text: &str, origin: &Path) -> Result<TemplateDef> {

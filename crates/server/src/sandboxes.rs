@@ -28,8 +28,12 @@ pub async fn create(State(st): State<AppState>, Extension(actor): Extension<Acto
             return Err(ApiError::bad_request(format!("env: {k:?} is not a variable name")));
         }
     }
+    if b.template.is_empty() == b.image.is_none() {
+        return Err(ApiError::bad_request("name a template (\"template\") or an OCI image (\"image\"), one of the two"));
+    }
     let req = CreateRequest {
         template: b.template,
+        image: b.image,
         ttl: b.ttl_seconds.map(ttl).transpose()?,
         cpus: b.cpus,
         memory_mib: b.memory_mib,

@@ -179,7 +179,7 @@ async fn scopes_gate_templates_and_trusted_runs() {
 
     // Egress past the public internet (the host's loopback, its networks) is an admin's.
     for (method, uri, body) in [
-        ("POST", "/v1/sandboxes", r#"{"template": "tiny", "allow": ["pypi.org:443", "127.0.0.1:7777"]}"#),
+        ("POST", "/v1/sandboxes", r#"{"template": "tiny", "allow": ["mirror.example.test:443", "127.0.0.1:7777"]}"#),
         ("POST", "/v1/ci/runs", r#"{"repo": "https://example.com/r.git", "build": "true", "allow": ["[::1]:22"]}"#),
         ("POST", "/v1/ci/runs", r#"{"repo": "http://10.0.0.5:8080/internal.git", "build": "true"}"#),
     ] {

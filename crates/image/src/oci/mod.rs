@@ -36,7 +36,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 pub use error::OciError;
-pub use reference::{BadReference, Reference};
+pub use reference::{pattern_matches, BadReference, Reference};
 
 /// How a layer's tar stream is compressed (from its media type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

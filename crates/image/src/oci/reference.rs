@@ -113,6 +113,31 @@ impl Reference {
     }
 }
 
+/// Whether `reference` (as [`Reference`] prints it) matches `pattern`, where `*` stands for
+/// any run of characters (`/` and `:` included) and everything else for itself:
+/// `127.0.0.1:*/ci/*`, `registry.example.test/team/node:*`.
+pub fn pattern_matches(pattern: &str, reference: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), reference.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|b| *b == b'*')
+}
+
 fn check_registry(r: &str) -> Result<(), String> {
     let (host, port) = if let Some(v6) = r.strip_prefix('[') {
         let (addr, after) = v6.split_once(']').ok_or("an IPv6 registry address needs its closing ']'")?;
@@ -172,6 +197,16 @@ mod tests {
         let r = Reference::parse("[::1]:5000/x:1").unwrap();
         assert!(r.is_loopback());
         assert_eq!(r.host(), "::1");
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("127.0.0.1:*/ci/*", "127.0.0.1:5000/ci/node:20"));
+        assert!(pattern_matches("*", "h.test/a:1"));
+        assert!(pattern_matches("h.test/team/node:*", "h.test/team/node:20"));
+        assert!(!pattern_matches("h.test/team/node:*", "h.test/team/node-evil:20"));
+        assert!(!pattern_matches("h.test/a:1", "h.test/a:12"));
+        assert!(!pattern_matches("", "h.test/a:1"));
     }
 
     #[test]
