@@ -217,3 +217,65 @@ fn hostile_images_are_refused_with_a_clear_error() {
     let out = kiln(&th, &["template", "build", &file.display().to_string()]);
     assert!(!out.status.success() && text(&out.stderr).contains("cannot reach"), "{}", text(&out.stderr));
 }
+
+#[test]
+#[ignore = "boots VMs; needs docker-registry, umoci and skopeo (make test installs them)"]
+fn the_daemon_boots_the_images_its_patterns_allow() {
+    let th = TestHome::for_daemon();
+    let reg = LocalRegistry::start();
+    let allowed = sample_image("two").push(&reg, "allowed/app:1");
+    let other = sample_image("two").push(&reg, "other/app:1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = kiln_testkit::Daemon::start(kiln_testkit::kiln!(&th), &th, &["--listen", &addr, "--images", "127.0.0.1:*/allowed/*"]);
+    assert!(kiln_testkit::wait_until(std::time::Duration::from_secs(10), || std::net::TcpStream::connect(&addr).is_ok()), "{}", d.stderr());
+    let o = kiln(&th, &["token", "create", "dev"]);
+    let token = text(&o.stdout).trim().to_owned();
+    let over_tcp = |args: &[&str]| kiln_testkit::kiln!(&th).args(args).env("KILN_HOST", format!("http://{addr}")).env("KILN_TOKEN", &token).output().unwrap();
+
+    let o = over_tcp(&["sandbox", "create", "--image", &other, "--json"]);
+    assert!(!o.status.success(), "an image no pattern allows was booted");
+    assert!(text(&o.stderr).contains("--images"), "{}", text(&o.stderr));
+
+    let o = over_tcp(&["sandbox", "create", "--image", &allowed, "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = info["id"].as_str().unwrap().to_owned();
+    let o = over_tcp(&["sandbox", "exec", &id, "--", "sh", "-c", "cat /etc/greeting; echo $IMAGE_VAR"]);
+    assert_eq!(text(&o.stdout), "two\nfrom-the-image\n", "{}", text(&o.stderr));
+    assert!(over_tcp(&["sandbox", "kill", &id]).status.success());
+    drop(d);
+    th.assert_clean();
+}
+
+#[test]
+#[ignore = "boots VMs; needs docker-registry, umoci and skopeo (make test installs them)"]
+fn tls_ca_files_reach_the_guests_trust_store() {
+    let th = TestHome::new();
+    let reg = LocalRegistry::start();
+    let img = ImageLayout::new("1");
+    img.layer(|root| {
+        busybox_userland(root);
+        std::fs::create_dir_all(root.join("etc/ssl/certs")).unwrap();
+        std::fs::write(root.join("etc/ssl/certs/ca-certificates.crt"), "# the image's own bundle\n").unwrap();
+    });
+    let reference = img.push(&reg, "test/tls:1");
+    let dir = tempfile::tempdir().unwrap();
+    // Any certificate will do: the first of the host's store.
+    let host = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
+    let end = host.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    let start = host.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let cert = &host[start..end];
+    let ca = dir.path().join("corp-root.pem");
+    std::fs::write(&ca, cert).unwrap();
+    let file = dir.path().join(format!("oci-tls-{}.toml", std::process::id()));
+    std::fs::write(&file, format!("[rootfs]\nkind = \"oci\"\nimage = \"{reference}\"\n\n[tls]\nca_files = [\"{}\"]\n", ca.display())).unwrap();
+    let script = "cat /etc/ssl/certs/ca-certificates.crt; echo \"node=$NODE_EXTRA_CA_CERTS ssl=$SSL_CERT_FILE\"; ls /usr/local/share/ca-certificates";
+    let out = kiln(&th, &["run", "--template", &file.display().to_string(), "--timeout", "120", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with(&format!("# the image's own bundle\n{cert}")), "{stdout}");
+    assert!(stdout.contains("node=/etc/ssl/certs/ca-certificates.crt ssl=/etc/ssl/certs/ca-certificates.crt"), "{stdout}");
+    assert!(stdout.contains("kiln-0-corp-root.crt"), "{stdout}");
+    th.assert_clean();
+}
