@@ -279,3 +279,30 @@ fn tls_ca_files_reach_the_guests_trust_store() {
     assert!(stdout.contains("kiln-0-corp-root.crt"), "{stdout}");
     th.assert_clean();
 }
+
+#[test]
+#[ignore = "boots VMs; needs docker-registry, umoci, skopeo and mmdebstrap (make test installs them)"]
+fn kiln_ci_run_builds_a_repository_in_an_oci_image() {
+    let th = TestHome::new();
+    let reg = LocalRegistry::start();
+    // A Debian userland with git (which the source step uses) as the image's only layer.
+    let img = ImageLayout::new("1");
+    img.raw_layer(&std::fs::read(kiln_testkit::oci::debian_userland_tar(&["git", "ca-certificates"])).unwrap());
+    img.env(&["PATH=/usr/local/bin:/usr/bin:/bin", "FROM_IMAGE=yes"]);
+    let reference = img.push(&reg, "test/debian-git:1");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("oci-debian-{}.toml", std::process::id()));
+    std::fs::write(&file, format!("[vm]\ncpus = 1\nmemory_mib = 512\n[rootfs]\nkind = \"oci\"\nimage = \"{reference}\"\n")).unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("build.sh"), "echo \"image=$FROM_IMAGE\"; . /etc/os-release; echo \"os=$ID\"; mkdir -p dist; echo built > dist/out.txt\n").unwrap();
+    let sh = |cmd: &str| assert!(std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&repo).status().unwrap().success(), "{cmd}");
+    sh("git init -q && git add -A && git -c user.email=a@b -c user.name=a commit -qm init");
+    let out = dir.path().join("out");
+    let o = kiln(&th, &["ci", "run", "--repo", repo.to_str().unwrap(), "--ref", "HEAD", "--template", file.to_str().unwrap(), "--build", "sh build.sh", "--artifact", "dist/*", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let log = std::fs::read_to_string(out.join("build/build.log")).unwrap();
+    assert!(log.contains("image=yes") && log.contains("os=debian"), "{log}");
+    assert_eq!(std::fs::read_to_string(out.join("build/artifacts/dist/out.txt")).unwrap(), "built\n");
+    th.assert_clean();
+}

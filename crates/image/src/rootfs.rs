@@ -229,7 +229,7 @@ fn busybox_tree(pkg: &Path, tree: &Path) -> Result<()> {
 
 /// The host's apt source files, handed to mmdebstrap so the guest uses the same archive
 /// configuration as the host (no mirror address appears in kiln).
-fn host_sources() -> Vec<PathBuf> {
+pub fn host_sources() -> Vec<PathBuf> {
     let mut v = Vec::new();
     let list = PathBuf::from("/etc/apt/sources.list");
     if std::fs::read_to_string(&list).is_ok_and(|s| s.lines().any(|l| l.trim_start().starts_with("deb"))) {

@@ -153,6 +153,35 @@ pub fn busybox_userland(root: &Path) {
     }
 }
 
+/// A Debian userland (the host's release, minbase, plus `packages`) as an uncompressed tar
+/// made by mmdebstrap with the host's apt configuration, without device nodes (as image
+/// builders leave them out; kiln refuses them): a realistic image layer. Cached
+/// under the shared kiln home (`test-cache/`), outside the checkout, by release and packages.
+pub fn debian_userland_tar(packages: &[&str]) -> PathBuf {
+    let suite = kiln_image::rootfs::host_codename();
+    let key = kiln_image::Digest::of_bytes(format!("{suite}|minbase|{}", packages.join(",")).as_bytes());
+    let dir = kiln_image::Home::from_env().root().join("test-cache");
+    std::fs::create_dir_all(&dir).expect("test cache");
+    let tar = dir.join(format!("debian-{suite}-{}.tar", key.short()));
+    if tar.is_file() {
+        return tar;
+    }
+    let _lock = kiln_image::lock::FileLock::acquire(&dir.join("debian-userland.lock")).expect("lock");
+    if tar.is_file() {
+        return tar;
+    }
+    let part = tar.with_extension(format!("part{}", std::process::id()));
+    let mut c = Command::new("mmdebstrap");
+    c.args(["--variant=minbase", "--mode=auto", "--format=tar", "--skip=output/dev", "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*"]);
+    if !packages.is_empty() {
+        c.arg(format!("--include={}", packages.join(",")));
+    }
+    c.arg(&suite).arg(&part).args(kiln_image::rootfs::host_sources()).stdin(Stdio::null());
+    run(&mut c);
+    std::fs::rename(&part, &tar).expect("store the userland tar");
+    tar
+}
+
 fn run(c: &mut Command) {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (`make test` installs umoci and skopeo)"));
     assert!(out.status.success(), "{c:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
