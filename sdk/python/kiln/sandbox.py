@@ -95,13 +95,21 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         forkable: bool = False,
         *,
+        image: str | None = None,
         client: Client | None = None,
     ) -> Sandbox:
         """Starts a sandbox from ``template``; the daemon kills it ``ttl_seconds`` from now
         (its default when None). ``cpus`` and ``memory_mib`` override the template's; ``env`` is
-        added to every command's environment; ``forkable`` allows :meth:`fork`."""
+        added to every command's environment; ``forkable`` allows :meth:`fork`. ``image`` (an
+        OCI reference, ``HOST[:PORT]/NAME:TAG``) boots that image instead of a template: the
+        daemon makes a template of it once per digest, if its ``--images`` patterns allow it
+        (or the token is an admin's)."""
         client = client if client is not None else Client()
-        body: dict[str, Any] = {"template": template, "forkable": bool(forkable)}
+        body: dict[str, Any] = {"forkable": bool(forkable)}
+        if image is not None:
+            body["image"] = str(image)
+        else:
+            body["template"] = template
         if ttl_seconds is not None:
             body["ttl_seconds"] = _number(ttl_seconds)
         if cpus is not None:

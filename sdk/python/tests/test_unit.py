@@ -79,6 +79,13 @@ def test_create_sends_the_spec_body_and_parses_the_sandbox(fake: FakeDaemon) -> 
     assert Sandbox.list() == []
 
 
+def test_create_from_an_image_sends_the_image_and_no_template(fake: FakeDaemon) -> None:
+    with Sandbox.create(image="127.0.0.1:5000/ci/app:1", ttl_seconds=60):
+        pass
+    body = last(fake, "POST", "/v1/sandboxes")
+    assert body["image"] == "127.0.0.1:5000/ci/app:1" and "template" not in body
+
+
 def test_with_block_kills_on_success(fake: FakeDaemon) -> None:
     with Sandbox.create(template="tiny", ttl_seconds=60) as sbx:
         assert sbx.exec("echo hi").stdout == "hi\n"
