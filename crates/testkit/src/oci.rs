@@ -140,11 +140,21 @@ impl ImageLayout {
 /// Puts Debian's static busybox into `root` as `/bin/busybox`, with `/bin/sh` and common
 /// applets as symlinks to it: a userland for test images.
 pub fn busybox_userland(root: &Path) {
-    static DEB: OnceLock<PathBuf> = OnceLock::new();
-    let bin = DEB.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kiln-test-busybox-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        kiln_image::deb::fetch_and_unpack("busybox-static", &dir).expect("busybox-static").join("bin/busybox")
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    let bin = BIN.get_or_init(|| {
+        // Fetched once into the shared test cache (outside the checkout).
+        let dir = kiln_image::Home::from_env().root().join("test-cache");
+        let bin = dir.join("busybox-static");
+        if !bin.is_file() {
+            let work = dir.join(format!("busybox-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&work);
+            let root = kiln_image::deb::fetch_and_unpack("busybox-static", &work).expect("busybox-static");
+            let part = dir.join(format!("busybox-static.part{}", std::process::id()));
+            std::fs::copy(root.join("bin/busybox"), &part).expect("copy busybox");
+            std::fs::rename(&part, &bin).expect("store busybox");
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        bin
     });
     std::fs::create_dir_all(root.join("bin")).expect("bin");
     std::fs::copy(bin, root.join("bin/busybox")).expect("copy busybox");
