@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::error::ClientError;
 use crate::types::*;
 
+/// How long a connection is retried while the daemon's socket or port does not answer yet.
+pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -89,12 +92,23 @@ impl Client {
         &self.target
     }
 
+    /// Connects; a daemon that is starting (`kiln serve &` just before) gets [`START_WAIT`] to
+    /// open its socket or port, then the error says it is not running.
     async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
-        let unreachable = |e: std::io::Error| ClientError::Unreachable { target: self.target.to_string(), detail: e.to_string() };
-        Ok(match &self.target {
-            Target::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(unreachable)?),
-            Target::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.map_err(unreachable)?),
-        })
+        let started = std::time::Instant::now();
+        loop {
+            let r: std::io::Result<Box<dyn Io>> = match &self.target {
+                Target::Unix(p) => tokio::net::UnixStream::connect(p).await.map(|s| Box::new(s) as Box<dyn Io>),
+                Target::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(|s| Box::new(s) as Box<dyn Io>),
+            };
+            match r {
+                Ok(io) => return Ok(io),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) && started.elapsed() < START_WAIT => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(ClientError::Unreachable { target: self.target.to_string(), detail: e.to_string() }),
+            }
+        }
     }
 
     /// Sends one request and returns the response with its body unread.
