@@ -12,6 +12,10 @@ use crate::store::Digest;
 pub const BUILTIN: &[(&str, &str)] = &[
     ("tiny", include_str!("../../../templates/tiny.toml")),
     ("base", include_str!("../../../templates/base.toml")),
+    ("node", include_str!("../../../templates/node.toml")),
+    ("python", include_str!("../../../templates/python.toml")),
+    ("go", include_str!("../../../templates/go.toml")),
+    ("rust", include_str!("../../../templates/rust.toml")),
 ];
 
 /// A parsed template file.

@@ -1,0 +1,3 @@
+module kiln.test/pad
+
+go 1.19
