@@ -158,11 +158,15 @@ impl Policy {
             return Decision::Allow;
         }
         let list = bad.iter().map(|(ip, class)| format!("{ip} ({class})")).collect::<Vec<_>>().join(", ");
+        // The metadata service cannot be allowed: no advice to try.
+        let metadata = bad.iter().any(|(_, class)| *class == "cloud metadata");
         let reason = match target {
             Target::Addr(_) => format!("{list} is not a public address"),
-            Target::Name(_) => format!("{shown} resolves to {list}, not a public address"),
+            Target::Name(_) if metadata => format!("{shown} resolves to {list}, not a public address, and no sandbox may reach the cloud metadata service"),
+            Target::Name(_) => format!("{shown} resolves to {list}, not a public address: a name may lead to a non-public address only if that exact address is allowed too"),
         };
-        deny(reason, bad.iter().map(|(ip, _)| format!("{}:{port}", Target::Addr(*ip))).collect())
+        let allow = if metadata { Vec::new() } else { bad.iter().map(|(ip, _)| format!("{}:{port}", Target::Addr(*ip))).collect() };
+        deny(reason, allow)
     }
 
     fn allows_literal(&self, ip: IpAddr, port: u16) -> bool {
@@ -470,15 +474,20 @@ mod tests {
                 let Decision::Deny(d) = p.decide("build.example.com", 443, &resolved) else { panic!("{bad} allowed") };
                 assert!(d.reason.starts_with("build.example.com resolves to "), "{d}");
                 assert!(d.reason.contains("not a public address"), "{d}");
-                assert_eq!(d.allow.len(), 1, "{d:?}");
+                let metadata = d.reason.contains("cloud metadata");
+                assert_eq!(d.allow.len(), usize::from(!metadata), "{d:?}");
             }
             assert!(matches!(p.decide("x.cdn.example", 80, &ips(&[bad])), Decision::Deny(_)), "{bad}");
         }
         let Decision::Deny(d) = p.decide("build.example.com", 443, &ips(&["169.254.169.254"])) else { panic!() };
-        assert_eq!(d.reason, "build.example.com resolves to 169.254.169.254 (cloud metadata), not a public address");
-        assert_eq!(d.allow, vec!["169.254.169.254:443"]);
+        assert_eq!(d.reason, "build.example.com resolves to 169.254.169.254 (cloud metadata), not a public address, and no sandbox may reach the cloud metadata service");
+        assert!(d.allow.is_empty(), "{d:?}");
         let Decision::Deny(d) = p.decide("build.example.com", 443, &ips(&["::1"])) else { panic!() };
         assert_eq!(d.allow, vec!["[::1]:443"]);
+        // A mirror on the host's network: why, and what would let it through.
+        let Decision::Deny(d) = p.decide("build.example.com", 443, &ips(&["10.1.2.3"])) else { panic!() };
+        assert_eq!(d.reason, "build.example.com resolves to 10.1.2.3 (private), not a public address: a name may lead to a non-public address only if that exact address is allowed too");
+        assert_eq!(d.allow, vec!["10.1.2.3:443"]);
     }
 
     #[test]

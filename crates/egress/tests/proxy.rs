@@ -210,7 +210,7 @@ async fn allowed_name_resolving_to_internal_address_is_denied() {
     let resp = exchange(p, format!("CONNECT build.example.com:{port} HTTP/1.1\r\n\r\n").as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{resp}");
     assert!(
-        resp.ends_with(&format!("kiln egress: build.example.com:{port} is not allowed (build.example.com resolves to 127.0.0.1 (loopback), not a public address); allow it with --allow 127.0.0.1:{port}\n")),
+        resp.ends_with(&format!("kiln egress: build.example.com:{port} is not allowed (build.example.com resolves to 127.0.0.1 (loopback), not a public address: a name may lead to a non-public address only if that exact address is allowed too); allow it with --allow 127.0.0.1:{port}\n")),
         "{resp}"
     );
     let resp = exchange(p, format!("GET http://meta.example.com:{port}/latest/meta-data/ HTTP/1.1\r\n\r\n").as_bytes()).await;
