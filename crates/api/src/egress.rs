@@ -30,6 +30,10 @@ pub struct EgressAttempt {
     pub started_unix_ms: u64,
     /// How long it lasted, in milliseconds.
     pub duration_ms: u64,
+    /// The upstream HTTP proxy (`host:port`, never its credentials) the connection was sent
+    /// through (`--egress-upstream`); absent when kiln connected to the destination itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// The attempts logged so far.
@@ -48,7 +52,7 @@ impl Schema for EgressAttempt {
             "method": { "type": "string" }, "host": { "type": "string" }, "port": { "type": "integer" },
             "allowed": { "type": "boolean" }, "reason": { "type": "string", "nullable": true },
             "bytes_up": { "type": "integer" }, "bytes_down": { "type": "integer" },
-            "started_unix_ms": { "type": "integer" }, "duration_ms": { "type": "integer" } } })
+            "started_unix_ms": { "type": "integer" }, "duration_ms": { "type": "integer" }, "via": { "type": "string" } } })
     }
 }
 

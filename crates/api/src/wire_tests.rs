@@ -140,7 +140,14 @@ fn egress() {
             "started_unix_ms":3,"duration_ms":4}],"dropped":0}"#,
         true,
     );
-    pin::<EgressAttempt>(&serde_json::to_string(&l.attempts[0]).unwrap(), true);
+    pin::<EgressAttempt>(&serde_json::to_string(&l.attempts[0]).unwrap(), false);
+    // Sent through an upstream proxy: its host and port, nothing else of it.
+    let a: EgressAttempt = pin(
+        r#"{"method":"CONNECT","host":"build-mirror.invalid","port":443,"allowed":true,"reason":null,"bytes_up":1,"bytes_down":2,
+            "started_unix_ms":3,"duration_ms":4,"via":"proxy.corp.invalid:3128"}"#,
+        true,
+    );
+    assert_eq!(a.via.as_deref(), Some("proxy.corp.invalid:3128"));
     assert_eq!(json(&EgressLog::default()), serde_json::json!({ "attempts": [], "dropped": 0 }));
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{EgressLog, Policy, Resolve};
+use crate::{EgressLog, Policy, Resolve, Upstream};
 
 /// Bounds on one sandbox's egress. Byte limits count both directions together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +50,21 @@ pub struct ProxyContext {
     /// Bytes carried so far by all connections of this sandbox, checked against
     /// [`Limits::max_bytes_total`].
     pub bytes_total: Arc<AtomicU64>,
+    /// The upstream HTTP proxy that names the policy allows are sent through, unresolved
+    /// (see [`crate::upstream`]); `None`: kiln resolves them and connects itself.
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 impl ProxyContext {
     /// A context with an empty log and nothing carried yet.
     pub fn new(policy: Policy, resolver: Arc<dyn Resolve>, limits: Limits) -> ProxyContext {
-        ProxyContext { policy, resolver, log: Arc::new(EgressLog::new()), limits, bytes_total: Arc::new(AtomicU64::new(0)) }
+        ProxyContext { policy, resolver, log: Arc::new(EgressLog::new()), limits, bytes_total: Arc::new(AtomicU64::new(0)), upstream: None }
+    }
+
+    /// The same context, sending allowed names through `upstream` (`None`: direct).
+    pub fn with_upstream(mut self, upstream: Option<Arc<Upstream>>) -> ProxyContext {
+        self.upstream = upstream;
+        self
     }
 
     /// Bytes carried so far by all connections.

@@ -10,6 +10,9 @@
 //!   metadata, ...) unless that exact address was allowed; the proxy then connects to the vetted
 //!   address and never resolves again, which defeats DNS rebinding.
 //! * Every attempt, allowed or not, lands in the sandbox's [`EgressLog`].
+//! * Behind a corporate proxy ([`Upstream`], `--egress-upstream`), names the policy allows
+//!   are not resolved on the host but sent through the upstream as `CONNECT host:port`; IP
+//!   literals and `localhost` still go direct, with the checks above.
 //!
 //! The mechanism that carries connections (virtio-serial tunnel, QEMU guestfwd relay, a TCP
 //! listener for debugging: [`listen_tcp`]) is not this crate's business.
@@ -25,6 +28,7 @@ pub mod proxy;
 mod relay;
 mod request;
 pub mod resolve;
+pub mod upstream;
 
 pub use context::{Limits, ProxyContext};
 pub use listen::{listen_tcp, serve_listener};
@@ -32,3 +36,4 @@ pub use log::{Attempt, EgressLog, LogSnapshot};
 pub use policy::{Decision, Denied, Policy, PolicyError};
 pub use proxy::{serve_connection, ConnSummary};
 pub use resolve::{Resolve, ResolveFuture, StaticResolver, SystemResolver};
+pub use upstream::{Upstream, UpstreamError};

@@ -77,7 +77,7 @@ mod tests {
     use super::*;
 
     fn attempt(port: u16) -> Attempt {
-        Attempt { method: "CONNECT".into(), host: "example.com".into(), port, allowed: true, reason: None, bytes_up: 1, bytes_down: 2, started_unix_ms: 3, duration_ms: 4 }
+        Attempt { method: "CONNECT".into(), host: "example.com".into(), port, allowed: true, reason: None, bytes_up: 1, bytes_down: 2, started_unix_ms: 3, duration_ms: 4, via: None }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::addr::canonical;
-use crate::relay::{relay, relay_up_to, send_up, Meter};
+use crate::relay::{relay, relay_up_to, send_down, send_up, Cut, Meter};
 use crate::request::{self, HeadError, Request, Target};
 use crate::{Attempt, Decision, ProxyContext};
 
@@ -33,6 +33,11 @@ pub struct ConnSummary {
 ///   head is forwarded in origin form with `Host` set from the URL, `Proxy-*` and hop-by-hop
 ///   headers dropped and `Connection: close` added; then bytes are relayed both ways (one
 ///   request per connection).
+/// * With an upstream proxy in `ctx.upstream`, a target allowed by name is not resolved: the
+///   upstream is asked for `CONNECT host:port` and the tunnel it grants carries the bytes
+///   above (plain HTTP too, rewritten the same way); the attempt's `via` names it. Its refusal
+///   (`407`, `503`, ...) or failure is a `502` with a short reason. IP literals and
+///   `localhost` names go direct.
 /// * Denied: `403` with a plain-text explanation. Malformed: `400`. Head over
 ///   [`crate::Limits::max_head_bytes`]: `431`; not complete within
 ///   [`crate::Limits::head_timeout`]: `408`. Name that does not resolve, or no address
@@ -44,7 +49,7 @@ pub struct ConnSummary {
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(mut stream: S, ctx: &ProxyContext) -> ConnSummary {
     let started = Instant::now();
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let mut attempt = Attempt { method: String::new(), host: String::new(), port: 0, allowed: false, reason: None, bytes_up: 0, bytes_down: 0, started_unix_ms, duration_ms: 0 };
+    let mut attempt = Attempt { method: String::new(), host: String::new(), port: 0, allowed: false, reason: None, bytes_up: 0, bytes_down: 0, started_unix_ms, duration_ms: 0, via: None };
     let status = serve(&mut stream, ctx, &mut attempt).await;
     let logged = match status {
         Served::Silent => None,
@@ -103,7 +108,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
     attempt.port = req.port;
     let shown = if req.host.contains(':') { format!("[{}]:{}", req.host, req.port) } else { format!("{}:{}", req.host, req.port) };
 
-    // Policy by name first: names nobody allowed never reach the resolver.
+    // Policy by name first: names nobody allowed never reach the resolver, nor the upstream.
     let literal = req.host.parse::<IpAddr>().ok();
     if !ctx.policy.permits_name(&req.host, req.port) {
         // A literal address is decided in full (the metadata service gets its own answer).
@@ -114,26 +119,24 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
         }
         return deny(stream, attempt, &shown, "not in the allowlist", std::slice::from_ref(&shown)).await;
     }
-    let resolved = match literal {
-        Some(ip) => vec![ip],
-        None => match tokio::time::timeout(limits.connect_timeout, ctx.resolver.resolve(&req.host)).await {
-            Ok(Ok(ips)) if !ips.is_empty() => ips,
-            Ok(Ok(_)) => return fail(stream, attempt, false, 502, format!("could not resolve {}: no addresses", req.host)).await,
-            Ok(Err(e)) => return fail(stream, attempt, false, 502, format!("could not resolve {}: {e}", req.host)).await,
-            Err(_) => return fail(stream, attempt, false, 504, format!("could not resolve {} within {} s", req.host, limits.connect_timeout.as_secs_f64())).await,
+    // Behind an upstream proxy a name goes through it, unresolved; literals and localhost direct.
+    let via = ctx.upstream.as_deref().filter(|_| literal.is_none() && !loopback_name(&req.host));
+    let (mut dest, rest) = match via {
+        Some(up) => {
+            attempt.allowed = true;
+            attempt.via = Some(up.authority());
+            if ctx.bytes_total.load(Ordering::Relaxed) >= limits.max_bytes_total {
+                return fail(stream, attempt, true, 429, format!("the sandbox's egress limit of {} bytes is used up", limits.max_bytes_total)).await;
+            }
+            match up.open(&req.host, req.port, limits.connect_timeout).await {
+                Ok(tunnel) => tunnel,
+                Err(why) => return fail(stream, attempt, true, 502, why).await,
+            }
+        }
+        None => match direct(stream, ctx, attempt, &req, literal, &shown).await {
+            Ok(s) => (s, Vec::new()),
+            Err(served) => return served,
         },
-    };
-    match ctx.policy.decide(&req.host, req.port, &resolved) {
-        Decision::Allow => {}
-        Decision::Deny(d) => return deny(stream, attempt, &shown, &d.reason, &d.allow).await,
-    }
-    attempt.allowed = true;
-    if ctx.bytes_total.load(Ordering::Relaxed) >= limits.max_bytes_total {
-        return fail(stream, attempt, true, 429, format!("the sandbox's egress limit of {} bytes is used up", limits.max_bytes_total)).await;
-    }
-    let mut upstream = match connect(&resolved, req.port, limits.connect_timeout).await {
-        Ok(s) => s,
-        Err(why) => return fail(stream, attempt, true, 502, format!("could not connect to {shown}: {why}")).await,
     };
 
     let meter = Meter::new(limits.max_bytes_per_conn, &ctx.bytes_total, limits.max_bytes_total);
@@ -143,8 +146,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
                 attempt.reason = Some("sandbox went away before the tunnel was established".into());
                 return Served::Status(200);
             }
-            let r = match send_up(&mut upstream, &early, &meter, limits.idle_timeout).await {
-                Ok(()) => relay(&mut *stream, upstream, &meter, limits.idle_timeout).await,
+            let r = match send_first(stream, &mut dest, &rest, &early, &meter, limits.idle_timeout).await {
+                Ok(()) => relay(&mut *stream, dest, &meter, limits.idle_timeout).await,
                 Err(cut) => Err(cut),
             };
             (r, Served::Status(200))
@@ -156,8 +159,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
             let early_body = early.len().min(usize::try_from(body).unwrap_or(usize::MAX));
             out.extend_from_slice(&early[..early_body]);
             let left = body - early_body as u64;
-            let r = match send_up(&mut upstream, &out, &meter, limits.idle_timeout).await {
-                Ok(()) => relay_up_to(&mut *stream, upstream, &meter, limits.idle_timeout, Some(left)).await,
+            let r = match send_first(stream, &mut dest, &rest, &out, &meter, limits.idle_timeout).await {
+                Ok(()) => relay_up_to(&mut *stream, dest, &meter, limits.idle_timeout, Some(left)).await,
                 Err(cut) => Err(cut),
             };
             (r, Served::NoReply)
@@ -169,6 +172,45 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(stream: &mut S, ctx: &P
         attempt.reason = Some(cut.to_string());
     }
     served
+}
+
+/// Resolves the target (unless it is a literal address), checks every address it has, and
+/// connects to a vetted one. Refused or failed: the sandbox has had its answer.
+async fn direct<S: AsyncWrite + Unpin>(stream: &mut S, ctx: &ProxyContext, attempt: &mut Attempt, req: &Request, literal: Option<IpAddr>, shown: &str) -> Result<TcpStream, Served> {
+    let limits = &ctx.limits;
+    let resolved = match literal {
+        Some(ip) => vec![ip],
+        None => match tokio::time::timeout(limits.connect_timeout, ctx.resolver.resolve(&req.host)).await {
+            Ok(Ok(ips)) if !ips.is_empty() => ips,
+            Ok(Ok(_)) => return Err(fail(stream, attempt, false, 502, format!("could not resolve {}: no addresses", req.host)).await),
+            Ok(Err(e)) => return Err(fail(stream, attempt, false, 502, format!("could not resolve {}: {e}", req.host)).await),
+            Err(_) => return Err(fail(stream, attempt, false, 504, format!("could not resolve {} within {} s", req.host, limits.connect_timeout.as_secs_f64())).await),
+        },
+    };
+    match ctx.policy.decide(&req.host, req.port, &resolved) {
+        Decision::Allow => {}
+        Decision::Deny(d) => return Err(deny(stream, attempt, shown, &d.reason, &d.allow).await),
+    }
+    attempt.allowed = true;
+    if ctx.bytes_total.load(Ordering::Relaxed) >= limits.max_bytes_total {
+        return Err(fail(stream, attempt, true, 429, format!("the sandbox's egress limit of {} bytes is used up", limits.max_bytes_total)).await);
+    }
+    match connect(&resolved, req.port, limits.connect_timeout).await {
+        Ok(s) => Ok(s),
+        Err(why) => Err(fail(stream, attempt, true, 502, format!("could not connect to {shown}: {why}")).await),
+    }
+}
+
+/// `localhost` and its subdomains (RFC 6761): never sent to an upstream proxy.
+fn loopback_name(host: &str) -> bool {
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Before relaying: what the destination already sent (`down`, past an upstream proxy's
+/// answer) to the sandbox, and what the proxy forwards for the sandbox (`up`) to the destination.
+async fn send_first<S: AsyncWrite + Unpin>(stream: &mut S, dest: &mut TcpStream, down: &[u8], up: &[u8], meter: &Meter<'_>, idle: Duration) -> Result<(), Cut> {
+    send_down(stream, down, meter, idle).await?;
+    send_up(dest, up, meter, idle).await
 }
 
 async fn deny<S: AsyncWrite + Unpin>(stream: &mut S, attempt: &mut Attempt, shown: &str, reason: &str, allow: &[String]) -> Served {

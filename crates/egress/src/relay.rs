@@ -93,6 +93,17 @@ fn reserve(counter: &AtomicU64, n: u64, max: u64) -> u64 {
 /// Writes `data` (bytes the proxy forwards on the sandbox's behalf, such as a rewritten request
 /// head) to the destination, counted as up and bounded like relayed bytes.
 pub(crate) async fn send_up<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], meter: &Meter<'_>, idle: Duration) -> Result<(), Cut> {
+    send(w, data, meter, &meter.up, "destination", idle).await
+}
+
+/// Writes `data` (bytes the destination sent before the relay started, such as what an
+/// upstream proxy read past its answer) to the sandbox, counted as down and bounded like
+/// relayed bytes.
+pub(crate) async fn send_down<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], meter: &Meter<'_>, idle: Duration) -> Result<(), Cut> {
+    send(w, data, meter, &meter.down, "sandbox", idle).await
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], meter: &Meter<'_>, count: &AtomicU64, side: &'static str, idle: Duration) -> Result<(), Cut> {
     if data.is_empty() {
         return Ok(());
     }
@@ -103,10 +114,10 @@ pub(crate) async fn send_up<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8], meter
     };
     match tokio::time::timeout(idle, write).await {
         Ok(Ok(())) => {}
-        Ok(Err(err)) => return Err(Cut::Io { side: "destination", err }),
+        Ok(Err(err)) => return Err(Cut::Io { side, err }),
         Err(_) => return Err(Cut::Idle(idle)),
     }
-    meter.up.fetch_add(n, Ordering::Relaxed);
+    count.fetch_add(n, Ordering::Relaxed);
     meter.touch();
     cut.map_or(Ok(()), Err)
 }
