@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kiln_api::CiRunRequest;
 use kiln_core::tunnel::Handler;
-use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver};
+use kiln_egress::{EgressLog, Limits, Policy, ProxyContext, SystemResolver, Upstream};
 use kiln_image::Home;
 
 use crate::{CiConfig, Egress};
@@ -16,21 +16,33 @@ use crate::{CiConfig, Egress};
 /// The egress proxy for a run: one policy and log for all its VMs.
 pub struct ProxyEgress {
     allow: Vec<String>,
+    upstream: Option<Arc<Upstream>>,
     ctx: Arc<RwLock<Arc<ProxyContext>>>,
     log: Arc<EgressLog>,
 }
 
 impl ProxyEgress {
-    /// A proxy allowing these entries.
+    /// A proxy allowing these entries, connecting to them itself.
     pub fn new(allow: Vec<String>) -> ProxyEgress {
-        let log = Arc::new(EgressLog::new());
-        let ctx = Self::context(&allow, &log);
-        ProxyEgress { allow, ctx: Arc::new(RwLock::new(ctx)), log }
+        ProxyEgress::with_upstream(allow, None)
     }
 
-    fn context(allow: &[String], log: &Arc<EgressLog>) -> Arc<ProxyContext> {
+    /// A proxy allowing these entries, sending allowed names through `upstream` (`None`:
+    /// connecting itself).
+    pub fn with_upstream(allow: Vec<String>, upstream: Option<Arc<Upstream>>) -> ProxyEgress {
+        let log = Arc::new(EgressLog::new());
+        let ctx = Self::context(&allow, &upstream, &log);
+        ProxyEgress { allow, upstream, ctx: Arc::new(RwLock::new(ctx)), log }
+    }
+
+    /// The proxy a config asks for: its allowlist and its upstream.
+    pub fn for_config(cfg: &CiConfig) -> ProxyEgress {
+        ProxyEgress::with_upstream(cfg.allow.clone(), cfg.egress_upstream.clone())
+    }
+
+    fn context(allow: &[String], upstream: &Option<Arc<Upstream>>, log: &Arc<EgressLog>) -> Arc<ProxyContext> {
         let policy = Policy::parse(allow).unwrap_or_else(|_| Policy::deny_all());
-        let mut ctx = ProxyContext::new(policy, Arc::new(SystemResolver), Limits::default());
+        let mut ctx = ProxyContext::new(policy, Arc::new(SystemResolver), Limits::default()).with_upstream(upstream.clone());
         ctx.log = log.clone();
         Arc::new(ctx)
     }
@@ -51,7 +63,7 @@ impl Egress for ProxyEgress {
     fn allow_extra(&self, entry: Option<String>) {
         let mut allow = self.allow.clone();
         allow.extend(entry);
-        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Self::context(&allow, &self.log);
+        *self.ctx.write().unwrap_or_else(|e| e.into_inner()) = Self::context(&allow, &self.upstream, &self.log);
     }
 
     fn report(&self) -> serde_json::Value {
@@ -150,6 +162,8 @@ pub fn into_config(req: CiRunRequest, out: std::path::PathBuf) -> Result<CiConfi
         secrets: req.secrets.into_iter().collect(),
         setup_secrets: req.setup_secrets,
         allow: req.allow,
+        // The daemon's own, not the request's.
+        egress_upstream: None,
         cache_keys: req.cache_keys.into_iter().map(Into::into).collect(),
         cache_key_digests: req.cache_key_digests,
         trusted: req.trusted,
@@ -193,6 +207,21 @@ mod tests {
         assert_eq!(remote.cache_key_digests, [crate::cache::file_digest(&t.path().join("Cargo.lock")).unwrap()]);
         // Both key the same entry the same way each time.
         assert_eq!(remote_request(&cfg).unwrap(), remote);
+    }
+
+    #[test]
+    fn the_upstream_outlives_a_clone_host_allowed_for_a_while() {
+        let up = Arc::new(Upstream::parse("http://127.0.0.1:3128").unwrap());
+        let cfg = CiConfig { allow: vec!["build-mirror.invalid".into()], egress_upstream: Some(up.clone()), ..CiConfig::default() };
+        let e = ProxyEgress::for_config(&cfg);
+        let upstream = |e: &ProxyEgress| e.ctx.read().unwrap().upstream.clone();
+        assert_eq!(upstream(&e), Some(up.clone()));
+        e.allow_extra(Some("git.invalid:443".into()));
+        assert_eq!(upstream(&e), Some(up.clone()));
+        assert!(e.ctx.read().unwrap().policy.permits_name("git.invalid", 443));
+        e.allow_extra(None);
+        assert_eq!(upstream(&e), Some(up));
+        assert!(ProxyEgress::new(vec![]).ctx.read().unwrap().upstream.is_none());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct CiConfig {
     pub setup_secrets: bool,
     /// Egress allowlist entries.
     pub allow: Vec<String>,
+    /// The upstream HTTP proxy allowed names are sent through (`--egress-upstream`); `None`:
+    /// the egress proxy resolves them and connects itself.
+    pub egress_upstream: Option<Arc<kiln_egress::Upstream>>,
     /// Files whose contents key the setup cache.
     pub cache_keys: Vec<PathBuf>,
     /// Digests (`sha256:<hex>`) of cache-key files a daemon's client read, keying it too.

@@ -52,6 +52,8 @@ pub struct RunArgs {
     /// Let the build reach HOST[:PORT] through the egress proxy (repeatable; default: nothing).
     #[arg(long = "allow", value_name = "HOST[:PORT]")]
     allow: Vec<String>,
+    #[arg(long = "egress-upstream", value_name = "URL", help = crate::egress_upstream::HELP)]
+    egress_upstream: Option<String>,
     /// A file whose contents key the setup cache (repeatable).
     #[arg(long = "cache-key", value_name = "FILE")]
     cache_keys: Vec<PathBuf>,
@@ -118,6 +120,15 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         }
     }
     Policy::parse(&a.allow).map_err(|e| format!("--allow: {e}"))?;
+    let upstream = if a.daemon {
+        // The daemon's egress goes where `kiln serve --egress-upstream` sends it.
+        match crate::egress_upstream::choose(a.egress_upstream.as_deref(), |_| None)? {
+            Some(_) => return Err("--egress-upstream: with --daemon the daemon's own applies (kiln serve --egress-upstream URL)".into()),
+            None => None,
+        }
+    } else {
+        crate::egress_upstream::choose(a.egress_upstream.as_deref(), |k| std::env::var(k).ok())?
+    };
     if a.timeout == 0 {
         return Err("--timeout must be positive".into());
     }
@@ -135,6 +146,7 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         secrets,
         setup_secrets: a.setup_secrets,
         allow: a.allow.clone(),
+        egress_upstream: upstream,
         cache_keys: a.cache_keys.clone(),
         cache_key_digests: Vec::new(),
         trusted: a.trusted,
@@ -164,7 +176,9 @@ fn print_summary(r: &Report, to: &mut dyn Write) {
         );
     }
     let denied = r.egress["attempts"].as_array().map(|a| a.iter().filter(|x| x["allowed"] == false).count()).unwrap_or(0);
-    let _ = writeln!(to, "  egress: {} attempts, {} denied; cache: {}", r.egress["attempts"].as_array().map_or(0, Vec::len), denied, r.cache);
+    let via = r.egress["attempts"].as_array().map(|a| a.iter().filter(|x| x["via"].is_string()).count()).unwrap_or(0);
+    let via = if via > 0 { format!(", {via} through the upstream proxy") } else { String::new() };
+    let _ = writeln!(to, "  egress: {} attempts, {} denied{via}; cache: {}", r.egress["attempts"].as_array().map_or(0, Vec::len), denied, r.cache);
 }
 
 /// Runs a CI command.
@@ -177,6 +191,9 @@ pub async fn run(cmd: CiCmd) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(u) = &cfg.egress_upstream {
+        eprintln!("kiln: {}", crate::egress_upstream::describe(u));
+    }
     let home = Home::from_env();
     kiln_core::cleanup::sweep(&home);
     let json = a.json;
@@ -198,7 +215,7 @@ pub async fn run(cmd: CiCmd) -> i32 {
             let _ = std::io::stdout().flush();
         }
     });
-    let egress = Arc::new(kiln_ci::glue::ProxyEgress::new(cfg.allow.clone()));
+    let egress = Arc::new(kiln_ci::glue::ProxyEgress::for_config(&cfg));
     let progress = |m: &str| eprintln!("kiln: {m}");
     let result = if a.daemon {
         via_daemon(&cfg).await

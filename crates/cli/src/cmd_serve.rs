@@ -48,10 +48,19 @@ pub struct ServeArgs {
     /// images need the admin scope. The first create of an image digest pulls and builds it.
     #[arg(long = "images", value_name = "PATTERN")]
     images: Vec<String>,
+    #[arg(long = "egress-upstream", value_name = "URL", help = crate::egress_upstream::HELP)]
+    egress_upstream: Option<String>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; then destroys every sandbox.
 pub async fn run(a: ServeArgs) -> i32 {
+    let upstream = match crate::egress_upstream::choose(a.egress_upstream.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(u) => u,
+        Err(m) => {
+            eprintln!("kiln: {m}");
+            return exit::USAGE;
+        }
+    };
     let home = Home::from_env();
     if let Err(e) = std::fs::create_dir_all(home.root()) {
         eprintln!("kiln: cannot create {}: {e}", home.root().display());
@@ -101,6 +110,10 @@ pub async fn run(a: ServeArgs) -> i32 {
             return exit::KILN_FAILED;
         }
     };
+    if let Some(u) = &upstream {
+        eprintln!("kiln: {}", crate::egress_upstream::describe(u));
+    }
+    manager.set_egress_upstream(upstream);
     let _reaper = manager.spawn_reaper(Duration::from_millis(500));
     if let Some(spec) = &a.pool {
         let entries = match kiln_daemon::pool::parse_spec(spec) {

@@ -16,6 +16,7 @@ mod cmd_serve;
 mod cmd_template;
 mod cmd_token;
 mod cmd_verify;
+mod egress_upstream;
 mod exit;
 mod smaps;
 

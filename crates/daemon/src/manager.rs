@@ -111,10 +111,10 @@ fn attach_egress(sandbox: &Sandbox, ctx: Arc<kiln_egress::ProxyContext>) -> toki
     tokio::spawn(async move { kiln_core::tunnel::serve(&socket, handler).await })
 }
 
-/// A proxy context for an allowlist.
-pub fn egress_context(allow: &[String]) -> Result<Arc<kiln_egress::ProxyContext>, ManagerError> {
+/// A proxy context for an allowlist, sending allowed names through `upstream` if there is one.
+pub fn egress_context(allow: &[String], upstream: Option<Arc<kiln_egress::Upstream>>) -> Result<Arc<kiln_egress::ProxyContext>, ManagerError> {
     let policy = kiln_egress::Policy::parse(allow).map_err(|e| ManagerError::Invalid(format!("allow: {e}")))?;
-    Ok(Arc::new(kiln_egress::ProxyContext::new(policy, Arc::new(kiln_egress::SystemResolver), kiln_egress::Limits::default())))
+    Ok(Arc::new(kiln_egress::ProxyContext::new(policy, Arc::new(kiln_egress::SystemResolver), kiln_egress::Limits::default()).with_upstream(upstream)))
 }
 
 /// A read lease on a running sandbox: exec and file requests run under it, concurrently.
@@ -131,6 +131,9 @@ pub struct Manager {
     pub(crate) metrics: Metrics,
     /// Sandboxes restored ahead of time (see [`crate::pool`]).
     pub(crate) pool: crate::pool::Pool,
+    /// The upstream HTTP proxy sandboxes' and CI runs' egress goes through (`kiln serve
+    /// --egress-upstream`).
+    egress_upstream: Mutex<Option<Arc<kiln_egress::Upstream>>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -175,9 +178,21 @@ impl Manager {
             reserved: Mutex::new((0, 0)),
             metrics: Metrics::default(),
             pool: crate::pool::Pool::default(),
+            egress_upstream: Mutex::new(None),
         });
         m.reconcile()?;
         Ok(m)
+    }
+
+    /// Sends the egress of sandboxes created from now on (and of CI runs) through `upstream`
+    /// (`None`: direct).
+    pub fn set_egress_upstream(&self, upstream: Option<Arc<kiln_egress::Upstream>>) {
+        *lock(&self.egress_upstream) = upstream;
+    }
+
+    /// The upstream HTTP proxy egress goes through, if any.
+    pub fn egress_upstream(&self) -> Option<Arc<kiln_egress::Upstream>> {
+        lock(&self.egress_upstream).clone()
     }
 
     /// After a restart: every sandbox the store thinks alive lost its VM with the previous
@@ -341,7 +356,7 @@ impl Manager {
             }
         };
         let ttl = self.check_ttl(req.ttl)?;
-        let egress = egress_context(&req.allow)?;
+        let egress = egress_context(&req.allow, self.egress_upstream())?;
         let mib = u64::from(req.memory_mib.unwrap_or(def.vm.memory_mib));
         let t0 = Instant::now();
         let shape = Self::shape_of(&def, req.cpus, req.memory_mib);

@@ -37,7 +37,8 @@ pub async fn run(State(st): State<AppState>, Extension(actor): Extension<Actor>,
     let named_out = crate::ci_rules::check(&st, &actor, &mut req)?;
     let run_id = format!("ci-{}", kiln_core::random::hex(6));
     let out = named_out.clone().unwrap_or_else(|| runs_folder(&st).join(&run_id));
-    let cfg = into_config(req, out.clone()).map_err(ApiError::bad_request)?;
+    let mut cfg = into_config(req, out.clone()).map_err(ApiError::bad_request)?;
+    cfg.egress_upstream = st.manager.egress_upstream();
     let def = st.manager.template(&cfg.template, &actor)?;
     // The run's VMs (its setup VM and one clone per cell, alive together while it forks) count
     // against the daemon's limits like sandboxes, for as long as the run lasts.
@@ -56,7 +57,7 @@ pub async fn run(State(st): State<AppState>, Extension(actor): Extension<Actor>,
         store.put_ci_run(&CiRunRecord { id: run_id.clone(), owner: actor.name.clone(), started_at: now() }).map_err(ManagerError::from)?;
     }
     let home = st.manager.home().clone();
-    let egress = Arc::new(ProxyEgress::new(cfg.allow.clone()));
+    let egress = Arc::new(ProxyEgress::for_config(&cfg));
     let sink: kiln_ci::Sink = Arc::new(|_: &str, _: &[u8], _: bool| {});
     let trust = if cfg.trusted { " (trusted)" } else { "" };
     let _ = store.event(None, "ci_run", &format!("{run_id}: {} @ {}{trust}", cfg.repo, cfg.git_ref), &actor.name);
