@@ -9,6 +9,7 @@ mod command;
 mod daemon;
 mod exec;
 pub mod oci;
+pub mod upstream;
 
 pub use command::kiln;
 pub use daemon::Daemon;
