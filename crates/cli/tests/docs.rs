@@ -107,6 +107,7 @@ const RUN: &[(&str, &str)] = &[
     ("README.md", "kiln serve &"),
     ("docs/api.md", "kiln token create pr-bot"),
     ("docs/oci-images.md", "kiln template build ./py3.toml"),
+    ("README.md", "export HTTPS_PROXY=http://proxy.corp.invalid:3128"),
 ];
 
 fn key(b: &Block) -> (String, String) {
@@ -248,5 +249,20 @@ fn oci_images_doc_with_a_loopback_registry() {
     let sh = |cmd: &str| assert!(Command::new("sh").arg("-c").arg(cmd).current_dir(w.path()).status().unwrap().success(), "{cmd}");
     sh("git init -q && git add test_doc.py && git -c user.email=a@b -c user.name=a commit -qm doc");
     run_block(&find_block("docs/oci-images.md", RUN[4].1), w.path(), &env_for(&th), &subst);
+    th.assert_clean();
+}
+
+#[test]
+#[ignore = "boots VMs: run by `make test`"]
+fn readme_behind_a_corporate_proxy() {
+    use kiln_testkit::upstream::{Mirror, UpstreamProxy};
+    let th = TestHome::for_daemon();
+    let w = workdir();
+    // The corporate proxy and the mirror, on loopback; the mirror's name resolves nowhere.
+    let (up, mirror) = (UpstreamProxy::start(), Mirror::start());
+    let subst = vec![("proxy.corp.invalid:3128".to_owned(), up.addr()), ("build-mirror.invalid:8080".to_owned(), format!("build-mirror.invalid:{}", mirror.port()))];
+    run_block(&find_block("README.md", RUN[5].1), w.path(), &env_for(&th), &subst);
+    assert_eq!(up.seen(), vec![(format!("CONNECT build-mirror.invalid:{} HTTP/1.1", mirror.port()), None)]);
+    assert_eq!(mirror.hits(), 1);
     th.assert_clean();
 }
