@@ -10,6 +10,8 @@ use std::process::Command;
 
 use kiln_testkit::TestHome;
 
+mod registries;
+
 /// The repository's root.
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -264,5 +266,50 @@ fn readme_behind_a_corporate_proxy() {
     run_block(&find_block("README.md", RUN[5].1), w.path(), &env_for(&th), &subst);
     assert_eq!(up.seen(), vec![(format!("CONNECT build-mirror.invalid:{} HTTP/1.1", mirror.port()), None)]);
     assert_eq!(mirror.hits(), 1);
+    th.assert_clean();
+}
+
+/// The `kiln ci run` of a YAML block, joined across `\` continuations and dedented.
+fn workflow_command(b: &Block) -> Option<String> {
+    let start = b.lines.iter().position(|l| l.trim_start().starts_with("kiln ci run"))?;
+    let mut cmd = Vec::new();
+    for l in &b.lines[start..] {
+        cmd.push(l.trim().to_owned());
+        if !l.ends_with('\\') {
+            break;
+        }
+    }
+    Some(cmd.join("\n"))
+}
+
+#[test]
+#[ignore = "boots VMs and builds the node template: run by `make test`"]
+fn github_actions_workflow_builds_the_node_example() {
+    let th = TestHome::new();
+    let b = blocks("docs/github-actions.md").into_iter().find(|b| b.lang == "yaml" && workflow_command(b).is_some()).expect("the workflow");
+    let cmd = workflow_command(&b).unwrap();
+    assert!(cmd.contains("--template node"), "{cmd}");
+    // The checkout: the node example, its .npmrc naming the registry (here: one on loopback).
+    let (port, hits) = kiln_testkit::http::serve(registries::npm);
+    let w = tempfile::tempdir().unwrap();
+    let sh = |c: &str| assert!(Command::new("sh").arg("-c").arg(c).current_dir(w.path()).status().unwrap().success(), "{c}");
+    sh(&format!("cp -a {}/. .", root().join("examples/node-app").display()));
+    std::fs::write(w.path().join(".npmrc"), format!("registry=http://127.0.0.2:{port}/\naudit=false\nfund=false\n")).unwrap();
+    sh("git init -q && git add -A && git -c user.email=a@b -c user.name=a commit -qm pr");
+    let runner_temp = tempfile::tempdir().unwrap();
+    let cmd = cmd.replace("${{ github.event.pull_request.head.sha }}", "HEAD");
+    let mut env = env_for(&th);
+    env.push(("RUNNER_TEMP", runner_temp.path().display().to_string()));
+    env.push(("NPM_REGISTRY", format!("127.0.0.2:{port}")));
+    env.push(("NPM_TOKEN", "npm-token-from-the-workflow".into()));
+    let o = Command::new("bash").arg("-c").arg(&cmd).current_dir(w.path()).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{cmd}\n{out}{err}");
+    assert!(!out.contains("npm-token-from-the-workflow") && !err.contains("npm-token-from-the-workflow"), "the secret leaked");
+    for cell in ["NODE_ENV=test", "NODE_ENV=production"] {
+        let label = runner_temp.path().join("kiln-out").join(cell).join("artifacts/dist/label.txt");
+        assert_eq!(std::fs::read_to_string(&label).unwrap_or_else(|e| panic!("{}: {e}\n{err}", label.display())), "build-000007\n");
+    }
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     th.assert_clean();
 }

@@ -6,66 +6,19 @@
 //! No test reaches a public registry.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use kiln_testkit::TestHome;
+
+mod registries;
+use registries::fixture;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-fn fixture(rel: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/registries").join(rel)).unwrap()
-}
-
-/// A static HTTP server on 127.0.0.2: `files(port)` gives path → bytes; counts requests.
-fn serve(files: impl FnOnce(u16) -> HashMap<String, Vec<u8>>) -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.2:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let files = Arc::new(files(port));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let (files, h) = (files.clone(), h.clone());
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                if r.read_line(&mut line).is_err() {
-                    return;
-                }
-                loop {
-                    let mut l = String::new();
-                    if r.read_line(&mut l).map_or(true, |n| n == 0) || l == "\r\n" {
-                        break;
-                    }
-                }
-                h.fetch_add(1, Ordering::SeqCst);
-                // Absolute form (through a proxy) or origin form.
-                let target = line.split_whitespace().nth(1).unwrap_or("/");
-                let path = target.split_once("://").map_or(target, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
-                let path = path.split('?').next().unwrap();
-                let mut s = s;
-                match files.get(path).or_else(|| files.get(path.trim_end_matches('/'))) {
-                    Some(b) => {
-                        let ct = if b.starts_with(b"<!DOCTYPE html") { "text/html" } else if b.starts_with(b"{") { "application/json" } else { "application/octet-stream" };
-                        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len());
-                        let _ = s.write_all(b);
-                    }
-                    None => {
-                        let _ = write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    }
-                }
-            });
-        }
-    });
-    (port, hits)
-}
 
 /// The example committed into a git repository of its own.
 fn example_repo(name: &str) -> tempfile::TempDir {
@@ -109,17 +62,7 @@ fn build_twice(template: &str, example: &str, extra: &[String], setup: &str, key
 #[test]
 #[ignore = "boots VMs and builds the node template: run by `make test`"]
 fn node_example_through_a_loopback_npm_registry() {
-    let (port, hits) = serve(|port| {
-        let tgz = fixture("npm/kiln-pad-1.0.0.tgz");
-        let packument = serde_json::json!({
-            "name": "kiln-pad", "dist-tags": { "latest": "1.0.0" },
-            "versions": { "1.0.0": { "name": "kiln-pad", "version": "1.0.0", "main": "index.js", "dist": {
-                "tarball": format!("http://127.0.0.2:{port}/kiln-pad/-/kiln-pad-1.0.0.tgz"),
-                "integrity": "sha512-ObQp45J4uTBJ0W51FuT/+8roiQdOPb6mNX1RdRYOob+BEutY+lDEuQwM8Y2s/CzSPuCsEFbMqXo9dORzy2OGDg==",
-            } } }
-        });
-        HashMap::from([("/kiln-pad".to_owned(), packument.to_string().into_bytes()), ("/kiln-pad/-/kiln-pad-1.0.0.tgz".to_owned(), tgz)])
-    });
+    let (port, hits) = kiln_testkit::http::serve(registries::npm);
     let extra = [format!("--allow=127.0.0.2:{port}")];
     let setup = format!("npm ci --registry=http://127.0.0.2:{port}/ --no-audit --no-fund");
     build_twice("node", "node-app", &extra, &setup, "package-lock.json", "npm test && npm run build");
@@ -129,7 +72,7 @@ fn node_example_through_a_loopback_npm_registry() {
 #[test]
 #[ignore = "boots VMs and builds the python template: run by `make test`"]
 fn python_example_through_a_loopback_package_index() {
-    let (port, hits) = serve(|_| {
+    let (port, hits) = kiln_testkit::http::serve(|_| {
         let whl = fixture("pypi/kiln_pad-1.0.0-py3-none-any.whl");
         let page = "<!DOCTYPE html><html><body>\n<a href=\"/files/kiln_pad-1.0.0-py3-none-any.whl#sha256=db023c72e705fd31c3e501b8af5fbd4e81f6a9a0726af0cbbe1af2e0b7721122\">kiln_pad-1.0.0-py3-none-any.whl</a>\n</body></html>\n";
         HashMap::from([("/simple/kiln-pad".to_owned(), page.as_bytes().to_vec()), ("/files/kiln_pad-1.0.0-py3-none-any.whl".to_owned(), whl)])
