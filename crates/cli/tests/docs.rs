@@ -231,11 +231,9 @@ fn oci_images_doc_with_a_loopback_registry() {
     let img = ImageLayout::new("3");
     img.raw_layer(&std::fs::read(debian_userland_tar(&["git", "ca-certificates", "python3"])).unwrap());
     let reference = img.push(&reg, "ci/python:3");
-    // The CA the text names: any certificate will do (the first of the host's store).
-    let host = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
-    let (start, end) = (host.find("-----BEGIN CERTIFICATE-----").unwrap(), host.find("-----END CERTIFICATE-----").unwrap() + 26);
+    // The CA the text names: any certificate will do.
     let ca = w.path().join("corp-root.crt");
-    std::fs::write(&ca, &host[start..end]).unwrap();
+    std::fs::write(&ca, kiln_testkit::oci::host_certificate()).unwrap();
     let subst = vec![
         ("registry.example.test/ci/python:3".to_owned(), reference),
         ("/usr/local/share/ca-certificates/corp-root.crt".to_owned(), ca.display().to_string()),

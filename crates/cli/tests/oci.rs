@@ -261,11 +261,8 @@ fn tls_ca_files_reach_the_guests_trust_store() {
     });
     let reference = img.push(&reg, "test/tls:1");
     let dir = tempfile::tempdir().unwrap();
-    // Any certificate will do: the first of the host's store.
-    let host = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
-    let end = host.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
-    let start = host.find("-----BEGIN CERTIFICATE-----").unwrap();
-    let cert = &host[start..end];
+    let cert = kiln_testkit::oci::host_certificate();
+    let cert = cert.as_str();
     let ca = dir.path().join("corp-root.pem");
     std::fs::write(&ca, cert).unwrap();
     let file = dir.path().join(format!("oci-tls-{}.toml", std::process::id()));

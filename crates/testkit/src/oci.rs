@@ -192,6 +192,15 @@ pub fn debian_userland_tar(packages: &[&str]) -> PathBuf {
     tar
 }
 
+/// One PEM certificate, for tests of extra CAs: the first of the host's store (any will do).
+pub fn host_certificate() -> String {
+    let host = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").expect("the host's CA bundle (ca-certificates)");
+    let (begin, end) = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----\n");
+    let start = host.find(begin).expect("a certificate");
+    let stop = host[start..].find(end).expect("its end") + start + end.len();
+    host[start..stop].to_owned()
+}
+
 fn run(c: &mut Command) {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (`make test` installs umoci and skopeo)"));
     assert!(out.status.success(), "{c:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
