@@ -27,6 +27,8 @@ impl Manager {
         let home = self.home.clone();
         let built = tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
             std::fs::create_dir_all(&dir).map_err(|e| SandboxError::Invalid(format!("create {}: {e}", dir.display())))?;
+            // Two creates of one image at once (two jobs) write the same file: one at a time.
+            let _lock = kiln_image::lock::FileLock::acquire(&dir.join(format!("{name}.lock")))?;
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 kiln_image::atomic::write_atomic(&path, text.as_bytes())?;
             }
