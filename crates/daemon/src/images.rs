@@ -25,6 +25,7 @@ impl Manager {
         let dir = self.home.root().join("image-templates");
         let path = dir.join(format!("{name}.toml"));
         let home = self.home.clone();
+        let answer = path.display().to_string();
         let built = tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
             std::fs::create_dir_all(&dir).map_err(|e| SandboxError::Invalid(format!("create {}: {e}", dir.display())))?;
             // Two creates of one image at once (two jobs) write the same file: one at a time.
@@ -39,6 +40,6 @@ impl Manager {
         .await
         .map_err(|e| ManagerError::Invalid(format!("building the template of {canonical}: {e}")))?;
         built?;
-        Ok(self.home.root().join("image-templates").join(format!("{name}.toml")).display().to_string())
+        Ok(answer)
     }
 }
