@@ -61,9 +61,19 @@ pub struct CiRunRequest {
     /// daemon keeps the outputs in `$KILN_HOME/ci-runs/<run id>/`.
     #[serde(default)]
     pub out: Option<String>,
-    /// Cells at once.
+    /// Builds at once.
     #[serde(default)]
     pub parallel: Option<usize>,
+    /// Builds of each cell to compare (`kiln ci run --rebuild N`, 2 to 16); absent: one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<usize>,
+    /// Fail the run (exit code 3) when a cell's builds differ.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_reproducible: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn head() -> String {
@@ -86,6 +96,7 @@ impl Schema for CiRunRequest {
             "allow": { "type": "array", "items": { "type": "string" } }, "cache_keys": { "type": "array", "items": { "type": "string" } },
             "cache_key_digests": { "type": "array", "items": { "type": "string", "pattern": "^sha256:[0-9a-f]{64}$" } },
             "trusted": { "type": "boolean" }, "matrix": { "type": "object", "additionalProperties": { "type": "array", "items": { "type": "string" } } },
-            "artifacts": { "type": "array", "items": { "type": "string" } }, "out": { "type": "string", "nullable": true }, "parallel": { "type": "integer" } } })
+            "artifacts": { "type": "array", "items": { "type": "string" } }, "out": { "type": "string", "nullable": true }, "parallel": { "type": "integer" },
+            "rebuild": { "type": "integer", "minimum": 2, "maximum": 16 }, "require_reproducible": { "type": "boolean" } } })
     }
 }

@@ -160,14 +160,22 @@ fn ci_run() {
         r#"{"repo":"/src","ref":"main","build":"make","setup":null,"timeout_seconds":60,"template":"base","secrets":{"TOKEN":"x"},
             "setup_secrets":false,"allow":["mirror.example.test"],"cache_keys":["/src/Cargo.lock"],"cache_key_digests":[],"trusted":true,
             "matrix":{"rust":["1.87","stable"]},"artifacts":["target/*.tar"],"out":"/out","parallel":2}"#,
-        true,
+        false,
     );
     // What a token sends: a URL, digests of the cache key files, no out folder.
     pin::<CiRunRequest>(
         r#"{"repo":"https://example.com/r.git","ref":"HEAD","build":"make","setup":"make deps","timeout_seconds":60,"template":"base","secrets":{},
             "setup_secrets":false,"allow":[],"cache_keys":[],"cache_key_digests":["sha256:0000000000000000000000000000000000000000000000000000000000000000"],
             "trusted":false,"matrix":{},"artifacts":[],"out":null,"parallel":null}"#,
-        true,
+        false,
     );
     assert!(serde_json::from_str::<CiRunRequest>(r#"{"repo":"/src","build":"make","out":"/out","git_ref":"x"}"#).is_err());
+    // Rebuilds, when asked for.
+    pin::<CiRunRequest>(
+        r#"{"repo":"/src","ref":"HEAD","build":"make","setup":null,"timeout_seconds":60,"template":"base","secrets":{},
+            "setup_secrets":false,"allow":[],"cache_keys":[],"cache_key_digests":[],"trusted":false,"matrix":{},"artifacts":["app"],
+            "out":null,"parallel":null,"rebuild":2,"require_reproducible":true}"#,
+        true,
+    );
+    assert_eq!((r.rebuild, r.require_reproducible), (None, false));
 }

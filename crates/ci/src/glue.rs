@@ -126,6 +126,8 @@ fn without_host_files(cfg: &CiConfig) -> Result<CiRunRequest, String> {
         artifacts: cfg.artifacts.clone(),
         out: None,
         parallel: Some(cfg.parallel),
+        rebuild: (cfg.rebuild > 0).then_some(cfg.rebuild),
+        require_reproducible: cfg.require_reproducible,
     })
 }
 
@@ -145,7 +147,8 @@ pub fn into_config(req: CiRunRequest, out: std::path::PathBuf) -> Result<CiConfi
     if !out.is_absolute() {
         return Err("out must be an absolute path".into());
     }
-    crate::run::cell_count(&req.matrix).map_err(|e| e.to_string())?;
+    let cells = crate::run::cell_count(&req.matrix).map_err(|e| e.to_string())?;
+    crate::run::check_rebuild(cells, req.rebuild.unwrap_or(0), req.require_reproducible, &req.artifacts).map_err(|e| e.to_string())?;
     if let Some((name, _)) = req.secrets.iter().find(|(_, v)| v.len() < 3) {
         return Err(format!("secret {name}: too short to mask reliably (at least 3 characters)"));
     }
@@ -171,6 +174,8 @@ pub fn into_config(req: CiRunRequest, out: std::path::PathBuf) -> Result<CiConfi
         artifacts: req.artifacts,
         out,
         parallel: req.parallel.unwrap_or(2).max(1),
+        rebuild: req.rebuild.unwrap_or(0),
+        require_reproducible: req.require_reproducible,
     })
 }
 

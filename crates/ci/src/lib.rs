@@ -7,9 +7,11 @@
 
 pub mod artifacts;
 pub mod cache;
+mod cell;
 pub mod digest;
 pub mod glue;
 pub mod mask;
+pub mod reproduce;
 pub mod run;
 pub mod source;
 

@@ -53,9 +53,18 @@ pub struct CiConfig {
     pub artifacts: Vec<String>,
     /// Output folder (logs, artifacts, provenance, report).
     pub out: PathBuf,
-    /// Cells run at once.
+    /// Builds run at once.
     pub parallel: usize,
+    /// Builds of each cell, each in its own VM forked from the same setup, whose artifacts
+    /// are compared (`--rebuild N`); 0 or 1: one build.
+    pub rebuild: usize,
+    /// Fail the run (exit [`NOT_REPRODUCIBLE`]) when a cell's builds differ.
+    pub require_reproducible: bool,
 }
+
+/// The run's exit code when every build passed but some cell's builds differ and
+/// `require_reproducible` was asked for.
+pub const NOT_REPRODUCIBLE: i32 = 3;
 
 /// The egress side the runner plugs into every VM.
 pub trait Egress: Send + Sync {
@@ -95,6 +104,18 @@ pub struct CellReport {
     pub provenance: Option<PathBuf>,
     /// What went wrong, if kiln itself failed for this cell.
     pub error: Option<String>,
+    /// With `--rebuild N`: whether all N builds exited alike and made the same artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reproducible: Option<bool>,
+    /// With `--rebuild N`: the builds (this first one counted) that agree with this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreed: Option<u32>,
+    /// With `--rebuild N`: the artifacts that are not the same in every build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<crate::reproduce::Difference>,
+    /// With `--rebuild N`: builds 2 to N (this report's own fields are build 1's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuilds: Vec<crate::reproduce::Build>,
 }
 
 /// The report of a run.
@@ -139,11 +160,17 @@ impl Report {
         if self.setup_exit_code.is_some() {
             v.push(out.join("setup.log"));
         }
+        let with_artifacts = |v: &mut Vec<PathBuf>, log: &Path, artifacts: &[artifacts::Artifact]| {
+            v.push(log.to_owned());
+            let dir = log.parent().unwrap_or(out);
+            v.extend(artifacts.iter().map(|a| dir.join("artifacts").join(&a.path)));
+        };
         for c in &self.cells {
-            v.push(c.log.clone());
-            let cell = c.log.parent().unwrap_or(out);
-            v.extend(c.artifacts.iter().map(|a| cell.join("artifacts").join(&a.path)));
+            with_artifacts(&mut v, &c.log, &c.artifacts);
             v.extend(c.provenance.clone());
+            for b in &c.rebuilds {
+                with_artifacts(&mut v, &b.log, &b.artifacts);
+            }
         }
         v
     }
@@ -159,6 +186,9 @@ impl Report {
             move_path(&mut c.log);
             if let Some(p) = c.provenance.as_mut() {
                 move_path(p);
+            }
+            for b in &mut c.rebuilds {
+                move_path(&mut b.log);
             }
         }
     }
@@ -185,13 +215,41 @@ pub fn cell_count<'a>(matrix: impl IntoIterator<Item = (&'a String, &'a Vec<Stri
 }
 
 impl CiConfig {
-    /// Checks the limits that do not need the source: the matrix's size and `parallel`.
+    /// Checks the limits that do not need the source: the matrix's size, `parallel` and
+    /// `rebuild`. Answers the number of cells.
     pub fn check_limits(&self) -> Result<usize, CiError> {
         if self.parallel == 0 || self.parallel > MAX_PARALLEL {
             return Err(CiError::Invalid(format!("parallel must be between 1 and {MAX_PARALLEL} (got {})", self.parallel)));
         }
-        cell_count(self.matrix.iter().map(|(k, v)| (k, v)))
+        let cells = cell_count(self.matrix.iter().map(|(k, v)| (k, v)))?;
+        check_rebuild(cells, self.rebuild, self.require_reproducible, &self.artifacts)?;
+        Ok(cells)
     }
+
+    /// Builds per cell.
+    pub fn builds_per_cell(&self) -> usize {
+        self.rebuild.max(1)
+    }
+}
+
+/// Checks `--rebuild N` against the cells, the artifacts and `--require-reproducible`.
+pub fn check_rebuild(cells: usize, rebuild: usize, require: bool, artifacts: &[String]) -> Result<(), CiError> {
+    use crate::reproduce::MAX_REBUILDS;
+    if rebuild == 0 {
+        return if require { Err(CiError::Invalid("--require-reproducible needs --rebuild N (N ≥ 2 builds to compare)".into())) } else { Ok(()) };
+    }
+    if !(2..=MAX_REBUILDS).contains(&rebuild) {
+        return Err(CiError::Invalid(format!("--rebuild must be between 2 and {MAX_REBUILDS} (got {rebuild})")));
+    }
+    if artifacts.is_empty() {
+        return Err(CiError::Invalid("--rebuild compares the builds' artifacts: name them with --artifact GLOB".into()));
+    }
+    if cells * rebuild > MAX_CELLS {
+        return Err(CiError::Invalid(format!(
+            "{cells} cell(s) × {rebuild} builds is more than {MAX_CELLS} VMs (each build is a VM, all alive at once); fewer rebuilds or a smaller matrix"
+        )));
+    }
+    Ok(())
 }
 
 fn cells(matrix: &[(String, Vec<String>)]) -> Vec<BTreeMap<String, String>> {
@@ -241,7 +299,7 @@ fn push_capped(buf: &mut Vec<u8>, d: &[u8], cap: usize) {
 
 /// Runs a command, masked output to `sink` and `log`; returns the outcome.
 #[allow(clippy::too_many_arguments)]
-async fn step(sbx: &Sandbox, script: &str, cwd: &str, env: Vec<(String, String)>, timeout: Duration, label: &str, masker: &Mutex<(Masker, Masker)>, sink: &Sink, log: &mut Vec<u8>) -> Result<kiln_core::ExecOutcome, SandboxError> {
+pub(crate) async fn step(sbx: &Sandbox, script: &str, cwd: &str, env: Vec<(String, String)>, timeout: Duration, label: &str, masker: &Mutex<(Masker, Masker)>, sink: &Sink, log: &mut Vec<u8>) -> Result<kiln_core::ExecOutcome, SandboxError> {
     let mut req = ExecRequest::shell(script).cwd(cwd).timeout(timeout);
     req.env = env;
     let r = sbx
@@ -354,14 +412,16 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
     let mut setup_exit = None;
     let mut cache_written = false;
     let all_cells = cells(&cfg.matrix);
+    let per_cell = cfg.builds_per_cell();
+    let vms = all_cells.len() * per_cell;
 
     // The cell sandboxes.
     let mut sandboxes: Vec<Sandbox> = Vec::new();
     let mut tunnels = Vec::new();
     if cache_hit {
         let entry = cache.as_ref().expect("hit");
-        progress(&format!("setup cache hit ({}): restoring {} cell VM(s)", entry.key_short(), all_cells.len()));
-        for _ in &all_cells {
+        progress(&format!("setup cache hit ({}): restoring {} build VM(s)", entry.key_short(), vms));
+        for _ in 0..vms {
             let s = Sandbox::from_checkpoint(home, &entry.dir, &entry.memory, artifacts_boot.clone(), accel, Vec::new()).await?;
             tunnels.push(attach_egress(&s, &egress));
             if let Source::Bundle { bundle, .. } = &source {
@@ -414,8 +474,8 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
                 return Ok(report);
             }
         }
-        // Fork one VM per cell (the setup VM itself is not used for a build).
-        let clones = setup_vm.fork(home, all_cells.len()).await?;
+        // Fork one VM per build (the setup VM itself is not used for a build).
+        let clones = setup_vm.fork(home, vms).await?;
         if let (Some(entry), true) = (&cache, cfg.trusted) {
             if let Some(base) = clones[0].fork_base() {
                 match entry.write(base, setup_vm.vm_spec()) {
@@ -434,67 +494,34 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         }
     }
 
-    // The cells, at most `parallel` at once.
-    let sem = Arc::new(tokio::sync::Semaphore::new(cfg.parallel.max(1)));
-    let snapshot_for_facts = snapshot_name.clone();
+    // Rebuilds get the commit's time as SOURCE_DATE_EPOCH, so that honest builds can agree.
+    let source_date_epoch = if per_cell > 1 { Some(commit_time(&sandboxes[0]).await?) } else { None };
+    if let Some(t) = source_date_epoch {
+        progress(&format!("building each cell {per_cell} times in sibling VMs (SOURCE_DATE_EPOCH={t}, the commit's time)"));
+    }
+
+    // The cells, at most `parallel` builds at once.
+    let sem = tokio::sync::Semaphore::new(cfg.parallel.max(1));
     let invocation = kiln_core::random::hex(16);
+    let shared = crate::cell::Shared { out_dir: &out_dir, masker: &masker, sink: &sink, sign: &sign, sem: &sem };
     let mut futs = Vec::new();
-    for (cell, sbx) in all_cells.iter().zip(sandboxes.iter()) {
-        let sem = sem.clone();
-        let env = build_env(cell);
+    for (cell, sbxs) in all_cells.iter().zip(sandboxes.chunks(per_cell)) {
+        let mut env = build_env(cell);
+        env.extend(source_date_epoch.map(|t| ("SOURCE_DATE_EPOCH".to_owned(), t.to_string())));
         let name = cell_name(cell);
         let dir_name = if all_cells.len() == 1 { "build".to_owned() } else { name.replace(['/', ' '], "_") };
-        let out_dir = &out_dir;
-        let masker = masker.clone();
-        let sink = sink.clone();
-        let sign = sign.clone();
-        let facts_base = BuildFacts {
+        let facts = BuildFacts {
             repo: cfg.repo.clone(), git_ref: cfg.git_ref.clone(), commit: commit.clone(), build: cfg.build.clone(),
             setup: cfg.setup.clone(), matrix: cell.clone(), template: cfg.template.clone(),
-            template_digest: artifacts_boot.template.rootfs.hex().to_owned(), snapshot_digest: Some(snapshot_for_facts.clone()),
+            template_digest: artifacts_boot.template.rootfs.hex().to_owned(), snapshot_digest: Some(snapshot_name.clone()),
             builder_id: String::new(), invocation_id: invocation.clone(), started, finished: started, artifacts: vec![],
+            reproduced: None,
         };
-        let label = if all_cells.len() == 1 { String::new() } else { name.clone() };
-        let workdir = workdir.to_owned();
-        futs.push(async move {
-            let _permit = sem.acquire().await;
-            let dir = out_dir.create_dirs(Path::new(&dir_name));
-            let masks = Mutex::new((masker.clone(), masker.clone()));
-            let mut log = Vec::new();
-            let t = Instant::now();
-            let r = step(sbx, &cfg.build, &workdir, env, cfg.timeout, &label, &masks, &sink, &mut log).await;
-            let log_path = out_dir.path().join(&dir_name).join("build.log");
-            let mut report = CellReport { name, env: cell.clone(), exit_code: 125, timed_out: false, duration_ms: t.elapsed().as_millis() as u64,
-                                          log: log_path, artifacts: vec![], provenance: None, error: None };
-            let dir = match dir.and_then(|d| d.write_new(Path::new("build.log"), &log).map(|_| d)) {
-                Ok(d) => d,
-                Err(e) => {
-                    report.error = Some(masker.mask_str(&format!("writing the cell's output: {e}")));
-                    return report;
-                }
-            };
-            match r {
-                Ok(o) => {
-                    report.exit_code = o.exit_code();
-                    report.timed_out = o.timed_out;
-                    match artifacts::collect(sbx, &workdir, &cfg.artifacts, &dir, &masker).await {
-                        Ok(a) => report.artifacts = a,
-                        Err(e) => report.error = Some(masker.mask_str(&format!("collecting artifacts: {e}"))),
-                    }
-                    if !report.artifacts.is_empty() {
-                        let mut facts = facts_base;
-                        facts.finished = SystemTime::now();
-                        facts.artifacts = report.artifacts.iter().map(|a| (a.path.clone(), a.sha256.clone())).collect();
-                        match sign(&facts, &dir) {
-                            Ok(p) => report.provenance = Some(p),
-                            Err(e) => report.error = Some(masker.mask_str(&format!("provenance: {e}"))),
-                        }
-                    }
-                }
-                Err(e) => report.error = Some(masker.mask_str(&e.to_string())),
-            }
-            report
-        });
+        let c = crate::cell::Cell {
+            cfg, env: cell.clone(), build_env: env, label: if all_cells.len() == 1 { String::new() } else { name.clone() },
+            name, dir_name, workdir: workdir.to_owned(), facts,
+        };
+        futs.push(crate::cell::run(c, sbxs, &shared));
     }
     let reports = futures_util::future::join_all(futs).await;
     drop(sandboxes);
@@ -502,7 +529,7 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         t.abort();
     }
     let exit_code = if reports.iter().all(|r| r.exit_code == 0 && r.error.is_none()) {
-        0
+        if cfg.require_reproducible && reports.iter().any(|r| r.reproducible == Some(false)) { NOT_REPRODUCIBLE } else { 0 }
     } else if reports.iter().any(|r| r.timed_out) {
         124
     } else {
@@ -523,6 +550,17 @@ async fn run_job(home: &Home, cfg: &CiConfig, egress: Arc<dyn Egress>, sign: Sig
         duration_ms: t0.elapsed().as_millis() as u64,
         run_id: None,
     })
+}
+
+/// The commit's time (seconds since the epoch, from the checkout in the guest: the value is
+/// checked to be a plain number).
+async fn commit_time(sbx: &Sandbox) -> Result<u64, CiError> {
+    let (code, out, err) = quiet(sbx, "git -C /work/src log -1 --format=%ct HEAD", Vec::new()).await?;
+    let t = out.trim();
+    match t.parse::<u64>() {
+        Ok(n) if code == 0 && t.bytes().all(|b| b.is_ascii_digit()) && n < 1 << 40 => Ok(n),
+        _ => Err(CiError::Source { what: "reading the commit's time for SOURCE_DATE_EPOCH".into(), detail: format!("{} {}", &t[..t.len().min(80)], err.trim()) }),
+    }
 }
 
 /// A scratch folder under the home, removed on drop.
@@ -590,7 +628,7 @@ mod tests {
             log: PathBuf::from(format!("/daemon/ci-runs/ci-1/{dir}/build.log")),
             artifacts: artifacts.iter().map(|p| artifacts::Artifact { path: (*p).into(), size: 1, sha256: "00".into() }).collect(),
             provenance: signed.then(|| PathBuf::from(format!("/daemon/ci-runs/ci-1/{dir}/provenance.intoto.json"))),
-            error: None,
+            error: None, reproducible: None, agreed: None, differences: vec![], rebuilds: vec![],
         };
         let mut r = Report {
             repo: "r".into(), git_ref: "HEAD".into(), commit: "c".into(), template: "base".into(), setup: Some("s".into()),

@@ -23,7 +23,7 @@ pub enum CiCmd {
 
 /// `kiln ci run`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  kiln ci run --repo . --ref HEAD --build 'make test' --matrix CC=gcc,clang --artifact 'dist/*' --out ci-out\n\nExit code: the build's (any failing cell); 124 on timeout; 125 when kiln itself failed; 2 for bad arguments.")]
+#[command(after_help = "Example:\n  kiln ci run --repo . --ref HEAD --build 'make test' --matrix CC=gcc,clang --artifact 'dist/*' --out ci-out\n\nReproducibility:\n  kiln ci run --repo . --build 'make dist' --artifact 'dist/*' --rebuild 2 --require-reproducible\n  builds each cell twice in sibling VMs forked from the same setup (each with its own hostname, clock\n  and RNG), with SOURCE_DATE_EPOCH set to the commit's time, and compares every artifact by sha256.\n\nExit code: the build's (any failing cell or rebuild); 124 on timeout; 3 when the builds passed but\ndiffer and --require-reproducible was given; 125 when kiln itself failed; 2 for bad arguments.")]
 pub struct RunArgs {
     /// A local repository path (sent as a git bundle) or a URL (cloned by the VM through the egress proxy).
     #[arg(long)]
@@ -74,6 +74,18 @@ pub struct RunArgs {
     /// most 64 cells.
     #[arg(long)]
     parallel: Option<usize>,
+    /// Build each cell N times (2 to 16), each in its own VM forked from the same setup, and
+    /// compare every artifact by sha256 (needs --artifact). The builds get SOURCE_DATE_EPOCH,
+    /// the commit's time. The report says per cell `reproducible` and what differs.
+    #[arg(long, value_name = "N")]
+    rebuild: Option<usize>,
+    /// With --rebuild: fail the run (exit 3) when a cell's builds differ.
+    #[arg(long)]
+    require_reproducible: bool,
+    /// Append a Markdown summary of the run (cells, exit codes, egress denials,
+    /// reproducibility) to FILE, e.g. "$GITHUB_STEP_SUMMARY".
+    #[arg(long, value_name = "FILE")]
+    step_summary: Option<PathBuf>,
     /// Print the report as JSON on stdout (build output goes to stderr).
     #[arg(long)]
     json: bool,
@@ -113,7 +125,8 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         }
         matrix.push((k.to_owned(), values));
     }
-    kiln_ci::run::cell_count(matrix.iter().map(|(k, v)| (k, v))).map_err(|e| e.to_string())?;
+    let cells = kiln_ci::run::cell_count(matrix.iter().map(|(k, v)| (k, v))).map_err(|e| e.to_string())?;
+    kiln_ci::run::check_rebuild(cells, a.rebuild.unwrap_or(0), a.require_reproducible, &a.artifacts).map_err(|e| e.to_string())?;
     for g in &a.artifacts {
         if !kiln_ci::artifacts::valid_glob(g) {
             return Err(format!("--artifact {g:?}: use a relative glob of letters, digits and ._-/*?[]"));
@@ -154,6 +167,8 @@ fn parse(a: &RunArgs) -> Result<CiConfig, String> {
         artifacts: a.artifacts.clone(),
         out: a.out.clone(),
         parallel: a.parallel.unwrap_or(cores.min(kiln_ci::run::MAX_PARALLEL)),
+        rebuild: a.rebuild.unwrap_or(0),
+        require_reproducible: a.require_reproducible,
     })
 }
 
@@ -174,6 +189,18 @@ fn print_summary(r: &Report, to: &mut dyn Write) {
             c.artifacts.len(),
             c.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
         );
+        match (c.reproducible, c.agreed) {
+            (Some(true), _) => {
+                let _ = writeln!(to, "  {:<28} reproducible: {} builds, every artifact the same", "", c.rebuilds.len() + 1);
+            }
+            (Some(false), agreed) => {
+                let _ = writeln!(to, "  {:<28} NOT reproducible: {} of {} builds agree", "", agreed.unwrap_or(0), c.rebuilds.len() + 1);
+                for d in &c.differences {
+                    let _ = writeln!(to, "  {:<30} {} differs{}", "", d.path, d.first_difference.as_ref().map(|f| format!(": {f}")).unwrap_or_default());
+                }
+            }
+            _ => {}
+        }
     }
     let denied = r.egress["attempts"].as_array().map(|a| a.iter().filter(|x| x["allowed"] == false).count()).unwrap_or(0);
     let via = r.egress["attempts"].as_array().map(|a| a.iter().filter(|x| x["via"].is_string()).count()).unwrap_or(0);
@@ -233,6 +260,11 @@ pub async fn run(cmd: CiCmd) -> i32 {
                     cfg.out.join("report.json")
                 }
             };
+            if let Some(file) = &a.step_summary {
+                if let Err(e) = crate::step_summary::append(file, &report) {
+                    eprintln!("kiln: cannot append the summary to {}: {e}", file.display());
+                }
+            }
             if json {
                 println!("{text}");
             } else {

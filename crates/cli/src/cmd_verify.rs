@@ -25,6 +25,10 @@ pub struct VerifyArgs {
     /// $KILN_HOME/keys/signing.pub, this host's own key].
     #[arg(long, value_name = "PUBKEY")]
     key: Option<PathBuf>,
+    /// Also require that at least N independent builds agreed on the artifacts (as recorded,
+    /// under the signature, by `kiln ci run --rebuild N`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    require_reproduced: Option<u32>,
 }
 
 /// Verifies: 0 if the signature and the artifact's digest check out, 1 if not, 2 for unreadable
@@ -41,9 +45,12 @@ pub fn run(a: VerifyArgs) -> i32 {
             k
         }
     };
-    match kiln_provenance::verify_files(&a.provenance, &a.artifact, &key) {
-        Ok(summary) => {
-            println!("ok: {summary}");
+    let verified = kiln_provenance::verify_files_statement(&a.provenance, &a.artifact, &key)
+        .and_then(|v| a.require_reproduced.map_or(Ok(()), |n| v.require_reproduced(n)).map(|()| v));
+    match verified {
+        Ok(v) => {
+            let rebuilds = v.statement.reproduced().map(|r| format!("; {} of {} independent builds agreed", r.agreed, r.builds)).unwrap_or_default();
+            println!("ok: {}{rebuilds}", v.summary(&a.artifact.display().to_string()));
             0
         }
         Err(e) if e.is_bad_input() => {

@@ -19,6 +19,7 @@ mod cmd_verify;
 mod egress_upstream;
 mod exit;
 mod smaps;
+mod step_summary;
 
 use clap::{Parser, Subcommand};
 

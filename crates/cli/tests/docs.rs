@@ -267,26 +267,11 @@ fn readme_behind_a_corporate_proxy() {
     th.assert_clean();
 }
 
-/// The `kiln ci run` of a YAML block, joined across `\` continuations and dedented.
-fn workflow_command(b: &Block) -> Option<String> {
-    let start = b.lines.iter().position(|l| l.trim_start().starts_with("kiln ci run"))?;
-    let mut cmd = Vec::new();
-    for l in &b.lines[start..] {
-        cmd.push(l.trim().to_owned());
-        if !l.ends_with('\\') {
-            break;
-        }
-    }
-    Some(cmd.join("\n"))
-}
-
 #[test]
 #[ignore = "boots VMs and builds the node template: run by `make test`"]
 fn github_actions_workflow_builds_the_node_example() {
     let th = TestHome::new();
-    let b = blocks("docs/github-actions.md").into_iter().find(|b| b.lang == "yaml" && workflow_command(b).is_some()).expect("the workflow");
-    let cmd = workflow_command(&b).unwrap();
-    assert!(cmd.contains("--template node"), "{cmd}");
+    let b = blocks("docs/github-actions.md").into_iter().find(|b| b.lang == "yaml" && b.lines.iter().any(|l| l.contains("uses: kiln-dev/kiln@"))).expect("the workflow");
     // The checkout: the node example, its .npmrc naming the registry (here: one on loopback).
     let (port, hits) = kiln_testkit::http::serve(registries::npm);
     let w = tempfile::tempdir().unwrap();
@@ -294,20 +279,30 @@ fn github_actions_workflow_builds_the_node_example() {
     sh(&format!("cp -a {}/. .", root().join("examples/node-app").display()));
     std::fs::write(w.path().join(".npmrc"), format!("registry=http://127.0.0.2:{port}/\naudit=false\nfund=false\n")).unwrap();
     sh("git init -q && git add -A && git -c user.email=a@b -c user.name=a commit -qm pr");
-    let runner_temp = tempfile::tempdir().unwrap();
-    let cmd = cmd.replace("${{ github.event.pull_request.head.sha }}", "HEAD");
-    let mut env = env_for(&th);
-    env.push(("RUNNER_TEMP", runner_temp.path().display().to_string()));
-    env.push(("NPM_REGISTRY", format!("127.0.0.2:{port}")));
-    env.push(("NPM_TOKEN", "npm-token-from-the-workflow".into()));
-    let o = Command::new("bash").arg("-c").arg(&cmd).current_dir(w.path()).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(0), "{cmd}\n{out}{err}");
-    assert!(!out.contains("npm-token-from-the-workflow") && !err.contains("npm-token-from-the-workflow"), "the secret leaked");
-    for cell in ["NODE_ENV=test", "NODE_ENV=production"] {
-        let label = runner_temp.path().join("kiln-out").join(cell).join("artifacts/dist/label.txt");
-        assert_eq!(std::fs::read_to_string(&label).unwrap_or_else(|e| panic!("{}: {e}\n{err}", label.display())), "build-000007\n");
+    // GitHub's side: the expressions of the workflow, then the action's step as a runner runs it.
+    let context = |e: &str| match e {
+        "github.event.pull_request.head.sha" => "HEAD".to_owned(),
+        "vars.NPM_REGISTRY" => format!("127.0.0.2:{port}"),
+        "secrets.NPM_TOKEN" => "npm-token-from-the-workflow".to_owned(),
+        other => panic!("the workflow uses ${{{{ {other} }}}}"),
+    };
+    let (with, step_env) = kiln_testkit::github::workflow_step(&b.lines.join("\n"), "kiln-dev/kiln@", &context);
+    assert!(with.contains(&("template".to_owned(), "node".to_owned())), "{with:?}");
+    let mut env: Vec<(&str, String)> = env_for(&th);
+    env.extend(step_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let with: Vec<(&str, &str)> = with.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_kiln")).parent().unwrap().to_owned();
+    let r = kiln_testkit::github::Action::load(&root()).run(w.path(), &with, &env, &bin);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    for text in [&r.stdout, &r.stderr, &r.summary] {
+        assert!(!text.contains("npm-token-from-the-workflow"), "the secret leaked");
     }
+    for cell in ["NODE_ENV=test", "NODE_ENV=production"] {
+        let label = r.runner_temp.join("kiln-ci-out").join(cell).join("artifacts/dist/label.txt");
+        assert_eq!(std::fs::read_to_string(&label).unwrap_or_else(|e| panic!("{}: {e}\n{}", label.display(), r.stderr)), "build-000007\n");
+        assert!(r.summary.contains(&format!("| {} | 0 |", cell.replace('_', "\\_"))), "{}", r.summary);
+    }
+    assert_eq!(r.outputs.get("exit-code").map(String::as_str), Some("0"));
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     th.assert_clean();
 }

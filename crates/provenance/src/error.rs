@@ -87,6 +87,14 @@ pub enum ProvenanceError {
         /// The subjects, as `name sha256:hex`, comma separated.
         subjects: String,
     },
+    /// Fewer independent builds agreed than were asked for.
+    #[error("not reproduced by {wanted} builds: {detail}")]
+    NotReproduced {
+        /// How many were asked for.
+        wanted: u32,
+        /// What the provenance records.
+        detail: String,
+    },
 }
 
 impl ProvenanceError {

@@ -17,8 +17,8 @@ pub mod verify;
 
 pub use error::ProvenanceError;
 pub use keys::{KeyStore, PublicKey};
-pub use statement::{statement, BuildFacts, Statement, BUILD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE};
-pub use verify::{verify_artifact, verify_files, VerifiedStatement};
+pub use statement::{statement, BuildFacts, Reproduced, Statement, BUILD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE};
+pub use verify::{verify_artifact, verify_files, verify_files_statement, VerifiedStatement};
 
 /// Results in this crate.
 pub type Result<T, E = ProvenanceError> = std::result::Result<T, E>;

@@ -55,7 +55,22 @@ pub struct BuildFacts {
     pub finished: SystemTime,
     /// The artifacts: (name, sha256 hex, optionally prefixed `sha256:`).
     pub artifacts: Vec<(String, String)>,
+    /// Independent rebuilds of the same cell (`kiln ci run --rebuild N`), if any.
+    pub reproduced: Option<Reproduced>,
 }
+
+/// How many independent builds of a cell ran and how many produced exactly the artifacts the
+/// statement names (the first build's; it counts itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reproduced {
+    /// Builds run, each in its own VM.
+    pub builds: u32,
+    /// Builds whose artifacts all had the subjects' digests.
+    pub agreed: u32,
+}
+
+/// `name` of the `runDetails.byproducts` entry that records [`Reproduced`].
+pub const BYPRODUCT_REPRODUCIBILITY: &str = "reproducibility";
 
 /// An in-toto Statement v1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +99,9 @@ pub struct ResourceDescriptor {
     /// A name distinguishing it from other descriptors (file name for subjects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Free-form facts about the resource.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub annotations: serde_json::Map<String, serde_json::Value>,
 }
 
 /// SLSA provenance v1 predicate.
@@ -139,6 +157,10 @@ pub struct RunDetails {
     pub builder: Builder,
     /// The invocation.
     pub metadata: BuildMetadata,
+    /// What the run produced besides the subjects: kiln records its rebuilds here
+    /// ([`BYPRODUCT_REPRODUCIBILITY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub byproducts: Vec<ResourceDescriptor>,
 }
 
 /// SLSA `runDetails.builder`.
@@ -165,18 +187,32 @@ pub fn statement(f: &BuildFacts) -> Statement {
     let subject = f
         .artifacts
         .iter()
-        .map(|(name, digest)| ResourceDescriptor { uri: None, digest: sha256(digest), name: Some(name.clone()) })
+        .map(|(name, digest)| ResourceDescriptor { digest: sha256(digest), name: Some(name.clone()), ..Default::default() })
+        .collect();
+    let byproducts = f
+        .reproduced
+        .map(|r| {
+            let annotations = serde_json::json!({ "builds": r.builds, "agreed": r.agreed, "reproducible": r.agreed == r.builds });
+            ResourceDescriptor {
+                name: Some(BYPRODUCT_REPRODUCIBILITY.into()),
+                annotations: annotations.as_object().cloned().unwrap_or_default(),
+                ..Default::default()
+            }
+        })
+        .into_iter()
         .collect();
     let mut deps = vec![
         ResourceDescriptor {
             uri: Some(source_uri(&f.repo, &f.git_ref)),
             digest: BTreeMap::from([("gitCommit".to_string(), f.commit.trim().to_ascii_lowercase())]),
             name: Some(DEP_SOURCE.into()),
+            ..Default::default()
         },
         ResourceDescriptor {
             uri: Some(format!("kiln:template/{}", f.template)),
             digest: sha256(&f.template_digest),
             name: Some(DEP_TEMPLATE.into()),
+            ..Default::default()
         },
     ];
     if let Some(s) = &f.snapshot_digest {
@@ -184,6 +220,7 @@ pub fn statement(f: &BuildFacts) -> Statement {
             uri: Some(format!("kiln:snapshot/{}", f.template)),
             digest: sha256(s),
             name: Some(DEP_SNAPSHOT.into()),
+            ..Default::default()
         });
     }
     Statement {
@@ -211,6 +248,7 @@ pub fn statement(f: &BuildFacts) -> Statement {
                     started_on: rfc3339(f.started),
                     finished_on: rfc3339(f.finished),
                 },
+                byproducts,
             },
         },
     }
@@ -226,6 +264,15 @@ impl Statement {
     /// The resolved dependency with this `name`.
     pub fn dependency(&self, name: &str) -> Option<&ResourceDescriptor> {
         self.predicate.build_definition.resolved_dependencies.iter().find(|d| d.name.as_deref() == Some(name))
+    }
+
+    /// The rebuilds recorded in `runDetails.byproducts`, if any (`None` also when the entry's
+    /// annotations are not two counts with `agreed <= builds`).
+    pub fn reproduced(&self) -> Option<Reproduced> {
+        let b = self.predicate.run_details.byproducts.iter().find(|b| b.name.as_deref() == Some(BYPRODUCT_REPRODUCIBILITY))?;
+        let count = |k: &str| b.annotations.get(k).and_then(serde_json::Value::as_u64).and_then(|n| u32::try_from(n).ok());
+        let r = Reproduced { builds: count("builds")?, agreed: count("agreed")? };
+        (r.agreed <= r.builds).then_some(r)
     }
 
     /// The source commit (the `gitCommit` of the source dependency).
@@ -276,6 +323,7 @@ pub(crate) mod tests {
             started: UNIX_EPOCH + Duration::from_secs(1_714_564_800),
             finished: UNIX_EPOCH + Duration::from_secs(1_714_564_861),
             artifacts: vec![("widget.tar.gz".into(), "11".repeat(32)), ("widget.sha".into(), "22".repeat(32))],
+            reproduced: None,
         }
     }
 
@@ -307,6 +355,26 @@ pub(crate) mod tests {
         assert_eq!(rd["metadata"]["invocationId"], "run-42");
         assert_eq!(rd["metadata"]["startedOn"], "2024-05-01T12:00:00Z");
         assert_eq!(rd["metadata"]["finishedOn"], "2024-05-01T12:01:01Z");
+        assert!(rd.get("byproducts").is_none(), "no rebuilds, no byproducts");
+    }
+
+    #[test]
+    fn rebuilds_are_a_byproduct() {
+        let f = BuildFacts { reproduced: Some(Reproduced { builds: 3, agreed: 3 }), ..facts() };
+        let s = statement(&f);
+        let v = serde_json::to_value(&s).unwrap();
+        let b = &v["predicate"]["runDetails"]["byproducts"][0];
+        assert_eq!(b["name"], BYPRODUCT_REPRODUCIBILITY);
+        assert_eq!(b["annotations"], serde_json::json!({"builds": 3, "agreed": 3, "reproducible": true}));
+        let back: Statement = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back.reproduced(), Some(Reproduced { builds: 3, agreed: 3 }));
+        let split = statement(&BuildFacts { reproduced: Some(Reproduced { builds: 2, agreed: 1 }), ..facts() });
+        assert_eq!(serde_json::to_value(&split).unwrap()["predicate"]["runDetails"]["byproducts"][0]["annotations"]["reproducible"], false);
+        // Counts that make no sense are no record.
+        let mut bad = v;
+        bad["predicate"]["runDetails"]["byproducts"][0]["annotations"]["agreed"] = 9.into();
+        assert_eq!(serde_json::from_value::<Statement>(bad).unwrap().reproduced(), None);
+        assert_eq!(statement(&facts()).reproduced(), None);
     }
 
     #[test]

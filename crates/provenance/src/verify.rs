@@ -100,12 +100,28 @@ pub fn verify_digest(envelope_json: &[u8], sha256: &str, name: Option<&str>, key
 /// public key file and the artifact (streamed), verifies, and returns the summary line
 /// ([`VerifiedStatement::summary`], naming the artifact as `artifact` is written).
 pub fn verify_files(provenance: &Path, artifact: &Path, key: &Path) -> Result<String> {
+    Ok(verify_files_statement(provenance, artifact, key)?.summary(&artifact.display().to_string()))
+}
+
+/// [`verify_files`], answering the verified statement.
+pub fn verify_files_statement(provenance: &Path, artifact: &Path, key: &Path) -> Result<VerifiedStatement> {
     let key = load_public_key(key)?;
     let envelope = read_bounded(provenance, MAX_ENVELOPE)?;
     let sha256 = sha256_file(artifact)?;
     let name = artifact.file_name().and_then(|n| n.to_str());
-    let v = verify_digest(&envelope, &sha256, name, &key)?;
-    Ok(v.summary(&artifact.display().to_string()))
+    verify_digest(&envelope, &sha256, name, &key)
+}
+
+impl VerifiedStatement {
+    /// Checks that at least `n` independent builds agreed on the artifacts (the statement's
+    /// rebuild record, signed with it).
+    pub fn require_reproduced(&self, n: u32) -> Result<()> {
+        match self.statement.reproduced() {
+            Some(r) if r.agreed >= n => Ok(()),
+            Some(r) => Err(ProvenanceError::NotReproduced { wanted: n, detail: format!("{} of {} builds agreed", r.agreed, r.builds) }),
+            None => Err(ProvenanceError::NotReproduced { wanted: n, detail: "the provenance records no rebuilds (build with kiln ci run --rebuild N)".into() }),
+        }
+    }
 }
 
 /// The sha256 (hex) of a file's contents, streamed.
@@ -248,7 +264,7 @@ mod tests {
     #[test]
     fn subject_list_is_bounded() {
         let subjects: Vec<_> = (0..12)
-            .map(|i| ResourceDescriptor { name: Some(format!("f{i}")), digest: [("sha256".into(), "00".into())].into(), uri: None })
+            .map(|i| ResourceDescriptor { name: Some(format!("f{i}")), digest: [("sha256".into(), "00".into())].into(), ..Default::default() })
             .collect();
         let s = list_subjects(&subjects);
         assert!(s.ends_with("f9 sha256:00, and 2 more"), "{s}");

@@ -41,6 +41,7 @@ fn sign_verify_and_catch_tampering() {
         started,
         finished: started + Duration::from_secs(90),
         artifacts: vec![("widget".into(), sha256(&bin)), ("widget.tar.gz".into(), sha256(&tarball))],
+        reproduced: None,
     };
     assert_eq!(statement(&facts).subject.len(), 2);
     let envelope = provenance_for_run(&facts, &store).unwrap();
@@ -112,4 +113,54 @@ fn sign_verify_and_catch_tampering() {
     let again = provenance_for_run(&facts, &store).unwrap();
     std::fs::write(&prov, &again).unwrap();
     verify_files(&prov, &art_bin, &store.public_path()).unwrap();
+}
+
+#[test]
+fn the_rebuild_record_is_signed_and_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let store = KeyStore::new(t.path().join("kiln/keys"));
+    let bin = b"reproducible bytes".to_vec();
+    let art = t.path().join("app");
+    std::fs::write(&art, &bin).unwrap();
+    let facts = |reproduced| BuildFacts {
+        repo: "/srv/git/app".into(),
+        git_ref: "HEAD".into(),
+        commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
+        build: "make".into(),
+        setup: None,
+        matrix: BTreeMap::new(),
+        template: "base".into(),
+        template_digest: "ab".repeat(32),
+        snapshot_digest: None,
+        builder_id: "https://kiln.dev/builder/test-host".into(),
+        invocation_id: "run-0002".into(),
+        started: SystemTime::UNIX_EPOCH,
+        finished: SystemTime::UNIX_EPOCH,
+        artifacts: vec![("app".into(), sha256(&bin))],
+        reproduced,
+    };
+    let check = |reproduced, n| {
+        let prov = t.path().join("p.json");
+        std::fs::write(&prov, provenance_for_run(&facts(reproduced), &store).unwrap()).unwrap();
+        kiln_provenance::verify_files_statement(&prov, &art, &store.public_path()).unwrap().require_reproduced(n)
+    };
+    use kiln_provenance::Reproduced;
+    check(Some(Reproduced { builds: 3, agreed: 3 }), 3).unwrap();
+    check(Some(Reproduced { builds: 3, agreed: 3 }), 2).unwrap();
+    let e = check(Some(Reproduced { builds: 2, agreed: 1 }), 2).unwrap_err();
+    assert_eq!(e.to_string(), "not reproduced by 2 builds: 1 of 2 builds agreed");
+    let e = check(None, 2).unwrap_err();
+    assert!(e.to_string().contains("records no rebuilds"), "{e}");
+    assert!(!e.is_bad_input());
+    // Raising the count in the payload breaks the signature.
+    let prov = t.path().join("p.json");
+    std::fs::write(&prov, provenance_for_run(&facts(Some(Reproduced { builds: 2, agreed: 1 })), &store).unwrap()).unwrap();
+    let mut env: serde_json::Value = serde_json::from_slice(&std::fs::read(&prov).unwrap()).unwrap();
+    let payload = String::from_utf8(STANDARD.decode(env["payload"].as_str().unwrap()).unwrap()).unwrap();
+    let forged = payload.replace("\"agreed\":1", "\"agreed\":2");
+    assert_ne!(forged, payload);
+    env["payload"] = STANDARD.encode(forged).into();
+    std::fs::write(&prov, serde_json::to_vec(&env).unwrap()).unwrap();
+    let e = kiln_provenance::verify_files_statement(&prov, &art, &store.public_path()).unwrap_err();
+    assert!(matches!(e, ProvenanceError::BadSignature { .. }), "{e}");
 }

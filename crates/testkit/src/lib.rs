@@ -8,6 +8,7 @@
 mod command;
 mod daemon;
 mod exec;
+pub mod github;
 pub mod http;
 pub mod oci;
 pub mod upstream;
